@@ -1,0 +1,116 @@
+"""MNIST as a LightningDataModule.
+
+The IDX files are decoded once into uint8 tensors; batches are converted to normalised floats
+after they reach the device, so the data loader does no per-sample image work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.datasets import MNIST
+
+from attention_lab.errors import ConfigError, DataNotFoundError
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+def ensure_mnist(data_dir: str | Path) -> None:
+    """Use the MNIST files under ``data_dir/MNIST/raw``, downloading them when missing."""
+    try:
+        for train in (True, False):
+            MNIST(str(data_dir), train=train, download=True)
+    except (RuntimeError, OSError) as err:
+        raise DataNotFoundError(
+            f"MNIST is not in {Path(data_dir).resolve() / 'MNIST' / 'raw'} and could not be "
+            f"downloaded ({_first_line(err)}). Put the four IDX files there, or point "
+            f"data.data_dir=... (or the DATA_DIR environment variable) at a folder that has "
+            f"MNIST/raw."
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST with a seeded train/validation split (55,000/5,000 by default) and the test set."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        val_size: int = 5000,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ConfigError(
+                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
+                f"must be positive"
+            )
+        if val_size <= 0:
+            raise ConfigError(f"data.val_size={val_size} must be positive")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train = MNIST(self.data_dir, train=True, download=False)
+        test = MNIST(self.data_dir, train=False, download=False)
+        n_train = len(train.targets)
+        if self.val_size >= n_train:
+            raise ConfigError(
+                f"data.val_size={self.val_size} leaves no training images "
+                f"({n_train} in {self.data_dir}); choose data.val_size < {n_train}"
+            )
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(self.seed))
+        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        images = train.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
+        self.train_set = TensorDataset(images[train_idx], train.targets[train_idx])
+        self.val_set = TensorDataset(images[val_idx], train.targets[val_idx])
+        self.test_set = TensorDataset(test.data.unsqueeze(1), test.targets)
+
+    def on_after_batch_transfer(
+        self, batch: tuple[Tensor, Tensor], dataloader_idx: int
+    ) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        images = (images.float() / 255.0 - MNIST_MEAN) / MNIST_STD  # (B, 1, 28, 28)
+        return images, labels
+
+    def _loader(self, dataset: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,84 @@
+"""Weights & Biases that never blocks a run: online with credentials, offline without.
+
+Without credentials (no ``WANDB_API_KEY``, no ``~/.netrc`` entry) or without a reachable server,
+the run is logged offline into the run directory, and ``wandb sync <dir>`` uploads it later.
+``WANDB_MODE`` (online, offline, disabled), when set, is obeyed as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def _has_credentials(host: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _reachable(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(timeout_s: float = 3.0) -> tuple[str, str | None]:
+    """(mode, reason): ``WANDB_MODE`` if set, else online when credentials and server allow."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], None
+    url = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL))
+    host = url.hostname or "api.wandb.ai"
+    if not _has_credentials(host):
+        return "offline", "no W&B credentials (WANDB_API_KEY or `wandb login`)"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if not _reachable(host, port, timeout_s):
+        return "offline", f"the W&B server {host} cannot be reached"
+    return "online", None
+
+
+def wandb_logger(
+    *,
+    project: str,
+    save_dir: str,
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    job_type: str = "train",
+) -> WandbLogger:
+    """A ``WandbLogger`` writing under ``save_dir/wandb``, offline when it has to be."""
+    mode, reason = wandb_mode()
+    if reason is not None:
+        log.warning(
+            "W&B logs offline to %s/wandb: %s. "
+            "Upload later with `wandb sync %s/wandb/offline-run-*`.",
+            save_dir,
+            reason,
+            save_dir,
+        )
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=project,
+        save_dir=save_dir,
+        name=name,
+        group=group,
+        tags=list(tags or []),
+        job_type=job_type,
+        mode=mode,
+        log_model=False,
+    )

@@ -1,0 +1,130 @@
+"""An encoder-only transformer that classifies images read as a sequence of tokens.
+
+How an image becomes tokens decides what attention can do. Pixel rows (28 tokens of 28 pixels
+for MNIST) or patches (49 tokens of 4x4 pixels) give attention something to mix. A single token
+holding all 784 pixels, as some course notebooks do, does not: softmax over one key is always 1,
+so every attention layer returns the value projection of its input and the "transformer" is an
+MLP. ``tokens="flat"`` keeps that variant to reproduce such results, not to recommend it.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from attention_lab.nn.blocks import EncoderBlock
+from attention_lab.nn.positional import build_positional
+
+TOKENIZATIONS = ("rows", "patches", "flat")
+POOLINGS = ("mean", "cls")
+
+
+def image_to_tokens(images: Tensor, tokens: str, patch_size: int) -> Tensor:
+    """(B, C, H, W) -> (B, N, F): N tokens of F pixel values each."""
+    if tokens == "rows":
+        return rearrange(images, "b c h w -> b h (c w)")
+    if tokens == "patches":
+        return rearrange(
+            images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size
+        )
+    if tokens == "flat":
+        return rearrange(images, "b c h w -> b 1 (c h w)")
+    raise ValueError(f"tokens={tokens!r} is not known; choose one of {', '.join(TOKENIZATIONS)}")
+
+
+def token_grid(image_size: int, tokens: str, patch_size: int) -> tuple[int, int]:
+    """(number of tokens, pixel values per token) for one channel-first square image."""
+    if tokens == "rows":
+        return image_size, image_size
+    if tokens == "patches":
+        return (image_size // patch_size) ** 2, patch_size * patch_size
+    return 1, image_size * image_size
+
+
+class EncoderClassifier(nn.Module):
+    """Tokens -> linear embedding + positions -> N encoder blocks -> pooling -> linear head."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 28,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        tokens: str = "rows",
+        patch_size: int = 4,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        d_ff: int = 256,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        norm_first: bool = True,
+        positional: str = "sinusoidal",
+        pooling: str = "mean",
+        attention: str = "scratch",
+    ) -> None:
+        super().__init__()
+        for name, value in {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "d_model": d_model,
+            "n_heads": n_heads,
+            "n_layers": n_layers,
+            "d_ff": d_ff,
+        }.items():
+            if value <= 0:
+                raise ValueError(f"{name}={value} must be positive")
+        if tokens not in TOKENIZATIONS:
+            raise ValueError(
+                f"tokens={tokens!r} is not known; choose one of {', '.join(TOKENIZATIONS)}"
+            )
+        if tokens == "patches" and (patch_size <= 0 or image_size % patch_size != 0):
+            raise ValueError(
+                f"patch_size={patch_size} does not divide image_size={image_size}; "
+                f"pick a patch_size that does (for 28: 2, 4, 7, 14)"
+            )
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"pooling={pooling!r} is not known; choose one of {', '.join(POOLINGS)}"
+            )
+
+        self.tokens = tokens
+        self.patch_size = patch_size
+        self.pooling = pooling
+        n_tokens, token_dim = token_grid(image_size, tokens, patch_size)
+        self.to_embedding = nn.Linear(token_dim * in_channels, d_model)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if pooling == "cls" else None
+        self.positional = build_positional(
+            positional, d_model=d_model, max_len=n_tokens + (pooling == "cls")
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(
+                d_model=d_model,
+                n_heads=n_heads,
+                d_ff=d_ff,
+                dropout=dropout,
+                activation=activation,
+                norm_first=norm_first,
+                attention=attention,
+            )
+            for _ in range(n_layers)
+        )
+        # Pre-norm leaves the residual stream unnormalised, so it needs one norm at the end.
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images: (B, C, H, W) -> logits (B, num_classes)."""
+        x = image_to_tokens(images, self.tokens, self.patch_size)  # (B, N, F)
+        x = self.to_embedding(x)  # (B, N, E)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)  # (B, 1+N, E)
+        x = self.dropout(self.positional(x))
+        for block in self.blocks:
+            x = block(x)  # (B, N, E)
+        x = self.final_norm(x)
+        pooled = x[:, 0] if self.pooling == "cls" else x.mean(dim=1)  # (B, E)
+        return self.head(pooled)  # (B, num_classes)

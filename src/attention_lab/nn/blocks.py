@@ -1,0 +1,115 @@
+"""Transformer building blocks: the position-wise feed-forward net and the encoder block.
+
+"Each layer has two sub-layers. The first is a multi-head self-attention mechanism, and the second
+is a simple, position-wise fully connected feed-forward network. We employ a residual connection
+around each of the two sub-layers, followed by layer normalization." (Vaswani et al., 2017, 3.1)
+
+That is post-norm (``norm_first=False``). Pre-norm (``norm_first=True``) normalises the input of
+each sub-layer instead and leaves the residual stream untouched; it trains more stably without
+a careful warm-up and is what ViT uses. The choice is a constructor argument, never implicit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+from attention_lab.nn.attention import build_attention
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = W_2 act(W_1 x + b_1) + b_2, applied to each position alike (section 3.3)."""
+
+    def __init__(
+        self, *, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation={activation!r} is not known; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        self.net = nn.Sequential(
+            nn.Linear(d_model, d_ff),
+            ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(d_ff, d_model),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, E) -> (B, T, E)."""
+        return self.net(x)
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention, Add & Norm, feed-forward, Add & Norm.
+
+    Set ``keep_attention`` (see ``keep_attention_weights``) to store the per-head attention
+    weights of the next forward pass in ``attention_weights``; off by default, so ordinary
+    training steps never ask the attention for its weights.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = True,
+        attention: str = "scratch",
+    ) -> None:
+        super().__init__()
+        self.self_attn = build_attention(
+            attention, d_model=d_model, n_heads=n_heads, dropout=dropout
+        )
+        self.ff = FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+        self.keep_attention = False
+        self.attention_weights: Tensor | None = None
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding."""
+        if self.norm_first:
+            x = x + self._self_attention(self.norm1(x), key_padding_mask)
+            return x + self.dropout(self.ff(self.norm2(x)))
+        x = self.norm1(x + self._self_attention(x, key_padding_mask))
+        return self.norm2(x + self.dropout(self.ff(x)))
+
+    def _self_attention(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        out, weights = self.self_attn(
+            x,
+            x,
+            x,
+            key_padding_mask=key_padding_mask,
+            need_weights=self.keep_attention,
+            average_attn_weights=False,
+        )  # (B, T, E), (B, H, T, T) or None
+        if self.keep_attention:
+            self.attention_weights = weights.detach()
+        return self.dropout(out)
+
+
+@contextmanager
+def keep_attention_weights(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Within the block, every attention block of ``model`` keeps its weights.
+
+    Yields the blocks, in order; after a forward pass each has ``attention_weights``
+    of shape (B, H, T, S). Weights are dropped again on exit.
+    """
+    blocks = [m for m in model.modules() if hasattr(m, "keep_attention")]
+    for block in blocks:
+        block.keep_attention = True
+    try:
+        yield blocks
+    finally:
+        for block in blocks:
+            block.keep_attention = False
+            block.attention_weights = None

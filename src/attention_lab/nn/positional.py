@@ -1,0 +1,75 @@
+"""Position encodings: the paper's fixed sinusoids, and a learned table.
+
+"PE(pos, 2i) = sin(pos / 10000^(2i / d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i / d_model))"
+(Vaswani et al., 2017, section 3.5)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+POSITIONAL_KINDS = ("sinusoidal", "learned", "none")
+
+
+def sinusoidal_encoding(length: int, d_model: int) -> Tensor:
+    """The (length, d_model) table of the paper's sinusoids; d_model must be even."""
+    if d_model % 2 != 0:
+        raise ValueError(f"sinusoidal position encoding needs an even d_model, got {d_model}")
+    position = torch.arange(length, dtype=torch.float32)[:, None]  # (length, 1)
+    # 10000^(-2i / d_model), computed in log space for precision.
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )  # (d_model / 2,)
+    angles = position * inv_freq  # (length, d_model / 2)
+    table = torch.empty(length, d_model)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles)
+    return table  # (length, d_model)
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Adds the fixed sinusoids; kept as a non-persistent buffer, so checkpoints stay small."""
+
+    def __init__(self, *, d_model: int, max_len: int) -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoidal_encoding(max_len, d_model), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, E) -> (B, T, E)."""
+        _check_length(x, self.table.size(0))
+        return x + self.table[: x.size(1)].to(x.dtype)
+
+
+class LearnedPositionalEncoding(nn.Module):
+    """Adds a learned (max_len, d_model) table, initialised small as in BERT and ViT."""
+
+    def __init__(self, *, d_model: int, max_len: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, E) -> (B, T, E)."""
+        _check_length(x, self.table.size(0))
+        return x + self.table[: x.size(1)]
+
+
+def _check_length(x: Tensor, max_len: int) -> None:
+    if x.size(1) > max_len:
+        raise ValueError(f"sequence of length {x.size(1)} is longer than max_len={max_len}")
+
+
+def build_positional(kind: str, *, d_model: int, max_len: int) -> nn.Module:
+    """``sinusoidal``, ``learned`` or ``none`` (identity: the model sees a bag of tokens)."""
+    if kind == "sinusoidal":
+        return SinusoidalPositionalEncoding(d_model=d_model, max_len=max_len)
+    if kind == "learned":
+        return LearnedPositionalEncoding(d_model=d_model, max_len=max_len)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(
+        f"positional={kind!r} is not a known position encoding; choose one of "
+        f"{', '.join(POSITIONAL_KINDS)}"
+    )

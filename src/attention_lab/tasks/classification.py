@@ -1,0 +1,95 @@
+"""Image classification as a LightningModule: one shared step, torchmetrics per split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch import Tensor, nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from attention_lab.optim import OptimizerFactory, SchedulerFactory, decay_groups
+
+
+class ImageClassificationTask(L.LightningModule):
+    """Cross-entropy training of any ``net`` that maps images (B, C, H, W) to logits (B, K).
+
+    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``); the scheduler
+    receives ``total_steps`` and is stepped every optimisation step.
+    Logs ``{train,val,test}/loss``, ``{train,val,test}/acc`` and ``val/acc_best``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        *,
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # Plain values only: checkpoints then load with torch.load(weights_only=True). The whole
+        # run config is in the run directory and in the loggers.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images: (B, C, H, W) -> logits (B, K)."""
+        return self.net(images)
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
+        images, labels = batch
+        logits = self(images)  # (B, K)
+        loss = self.criterion(logits, labels)
+        accuracy = getattr(self, f"{split}_acc")
+        accuracy(logits, labels)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        # The sanity-check batches must not count towards the best validation accuracy.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        optimizer = self.optimizer_factory(params=decay_groups(self.net, weight_decay))
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(
+            optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters of the wrapped model."""
+        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)

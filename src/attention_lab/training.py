@@ -1,0 +1,125 @@
+"""One training run from a composed config: build, fit, test the best checkpoint, write metrics.
+
+``train.py`` is the command-line entry (it adds Hydra's decorator); tests call ``train`` with a
+config they compose themselves. Everything is built before anything is trained, and data files
+are checked before the first logger or trainer exists, so a bad setting costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from attention_lab.errors import AttentionLabError, ConfigError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def instantiate_setting(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``; a failure becomes one ``ConfigError`` naming ``key``."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        raise _as_config_error(key, err.__cause__ or err) from err
+    except (ValueError, TypeError) as err:
+        raise _as_config_error(key, err) from err
+
+
+def _as_config_error(key: str, cause: BaseException) -> AttentionLabError:
+    if isinstance(cause, AttentionLabError):
+        return cause
+    message = str(cause).strip()
+    # Our constructors start their messages with "name=value": make that the full config key.
+    if re.match(r"^\w+=", message):
+        return ConfigError(f"{key}.{message}")
+    return ConfigError(f"{key}: {message} (check the `{key}` settings)")
+
+
+def count_parameters(module: Any) -> int:
+    """Trainable parameters of an ``nn.Module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Every non-null entry of ``cfg.callbacks``."""
+    return [
+        instantiate_setting(node, f"callbacks.{name}")
+        for name, node in (cfg.get("callbacks") or {}).items()
+        if node is not None
+    ]
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Every non-null entry of ``cfg.logger`` (``logger=none`` gives none)."""
+    return [
+        instantiate_setting(node, f"logger.{name}")
+        for name, node in (cfg.get("logger") or {}).items()
+        if node is not None
+    ]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then test the best checkpoint; returns (and writes) the run's metrics."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    net = instantiate_setting(cfg.model, "model")
+    task = instantiate_setting(cfg.task, "task", net=net)
+    datamodule = instantiate_setting(cfg.data, "data")
+    datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate_setting(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+    )
+
+    n_params = count_parameters(net)
+    log.info("Model %s: %s trainable parameters", cfg.model._target_, f"{n_params:,}")
+    for logger in loggers:
+        logger.log_hyperparams(
+            {**OmegaConf.to_container(cfg, resolve=True), "model/params": n_params}
+        )
+
+    started = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_time_s = time.perf_counter() - started
+
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    metrics: dict[str, Any] = {
+        "experiment": cfg.get("experiment_name"),
+        "model": cfg.model._target_,
+        "attention": cfg.model.get("attention"),
+        "seed": cfg.seed,
+        "params": n_params,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "fit_time_s": round(fit_time_s, 2),
+        "best_checkpoint": best_path or None,
+        "monitor": checkpoint.monitor if checkpoint is not None else None,
+        "best_val": _as_float(checkpoint.best_model_score) if checkpoint is not None else None,
+        "test": {},
+    }
+    if cfg.get("test"):
+        if not best_path:
+            log.warning("No best checkpoint was saved (fast_dev_run?): testing the final weights.")
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None)
+        metrics["test"] = {k: _as_float(v) for k, v in (results[0] if results else {}).items()}
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _as_float(value: Any) -> float | None:
+    return None if value is None else float(value)

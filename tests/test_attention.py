@@ -1,0 +1,232 @@
+"""The hand-written attention against PyTorch's, value for value and gradient for gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attention_lab.nn.attention import (
+    MultiHeadAttention,
+    build_attention,
+    causal_mask,
+    scaled_dot_product_attention,
+)
+
+ATOL = 1e-5
+
+
+def _random_mask(*shape: int, seed: int = 0) -> torch.Tensor:
+    """A random boolean mask with at least one allowed key in every row."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(*shape, generator=gen) > 0.5
+    mask[..., 0] = True
+    return mask
+
+
+class TestScaledDotProductAttention:
+    @pytest.mark.parametrize("leading", [(3,), (2, 4), (2, 3, 2)])
+    def test_matches_torch_without_mask(self, leading: tuple[int, ...]) -> None:
+        q, k, v = (torch.randn(*leading, n, 8) for n in (5, 7, 7))
+        out, weights = scaled_dot_product_attention(q, k, v)
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=ATOL, rtol=0)
+        assert weights.shape == (*leading, 5, 7)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(*leading, 5))
+
+    def test_matches_torch_with_boolean_mask(self) -> None:
+        q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
+        mask = _random_mask(2, 3, 5, 6)
+        out, weights = scaled_dot_product_attention(q, k, v, mask)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+        assert torch.all(weights[~mask] == 0)
+
+    def test_matches_torch_with_causal_mask(self) -> None:
+        q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
+        out, _ = scaled_dot_product_attention(q, k, v, causal_mask(6))
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+    def test_float_mask_is_added_to_the_scores(self) -> None:
+        q, k, v = torch.randn(2, 5, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+        bias = torch.randn(5, 6)
+        out, _ = scaled_dot_product_attention(q, k, v, bias)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+    def test_value_width_may_differ_from_key_width(self) -> None:
+        q, k, v = torch.randn(2, 5, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 3)
+        out, _ = scaled_dot_product_attention(q, k, v)
+        assert out.shape == (2, 5, 3)
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=ATOL, rtol=0)
+
+    def test_scaling_is_one_over_sqrt_dk(self) -> None:
+        q, k = torch.randn(1, 1, 16), torch.randn(1, 4, 16)
+        _, weights = scaled_dot_product_attention(q, k, torch.randn(1, 4, 2))
+        expected = torch.softmax((q @ k.transpose(-2, -1)) / 4.0, dim=-1)
+        torch.testing.assert_close(weights, expected)
+
+    def test_fully_masked_row_gives_zeros_and_finite_gradients(self) -> None:
+        q, k, v = (torch.randn(1, 3, 4, requires_grad=True) for _ in range(3))
+        mask = torch.ones(1, 3, 3, dtype=torch.bool)
+        mask[0, 1] = False  # query 1 may attend to nothing
+        out, weights = scaled_dot_product_attention(q, k, v, mask)
+        assert torch.all(out[0, 1] == 0) and torch.all(weights[0, 1] == 0)
+        out.sum().backward()
+        for tensor in (q, k, v):
+            assert torch.isfinite(tensor.grad).all()
+        assert torch.all(q.grad[0, 1] == 0)
+
+    def test_dropout_acts_on_the_weights(self) -> None:
+        torch.manual_seed(0)
+        q, k, v = torch.randn(2, 5, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+        plain, _ = scaled_dot_product_attention(q, k, v)
+        dropped, weights = scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+        assert not torch.allclose(plain, dropped)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))  # returned before dropout
+
+
+def _pair(**kwargs) -> tuple[nn.MultiheadAttention, MultiHeadAttention]:
+    """nn.MultiheadAttention and ours, ours loaded with its state_dict."""
+    torch.manual_seed(0)
+    kwargs = {"embed_dim": 16, "num_heads": 4, "batch_first": True, **kwargs}
+    reference = nn.MultiheadAttention(**kwargs).eval()
+    ours = MultiHeadAttention(**kwargs).eval()
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+class TestMultiHeadAttention:
+    @pytest.mark.parametrize(
+        "kwargs", [{}, {"bias": False}, {"kdim": 6, "vdim": 10}, {"dropout": 0.1}]
+    )
+    def test_parameters_have_torch_names_and_shapes(self, kwargs: dict) -> None:
+        reference, ours = _pair(**kwargs)
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {
+            k: v.shape for k, v in reference.state_dict().items()
+        }
+
+    def test_state_dict_loads_in_both_directions(self) -> None:
+        torch.manual_seed(1)
+        ours = MultiHeadAttention(16, 4, batch_first=True).eval()
+        reference = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+        reference.load_state_dict(ours.state_dict())
+        x = torch.randn(2, 5, 16)
+        torch.testing.assert_close(ours(x, x, x)[0], reference(x, x, x)[0], atol=ATOL, rtol=0)
+
+    @pytest.mark.parametrize("average", [True, False])
+    def test_self_attention_matches(self, average: bool) -> None:
+        reference, ours = _pair()
+        x = torch.randn(3, 7, 16)
+        expected = reference(x, x, x, average_attn_weights=average)
+        actual = ours(x, x, x, average_attn_weights=average)
+        torch.testing.assert_close(actual[0], expected[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(actual[1], expected[1], atol=ATOL, rtol=0)
+        assert actual[1].shape == ((3, 7, 7) if average else (3, 4, 7, 7))
+
+    def test_cross_attention_with_kdim_and_vdim_matches(self) -> None:
+        reference, ours = _pair(kdim=6, vdim=10)
+        query, key, value = torch.randn(2, 5, 16), torch.randn(2, 9, 6), torch.randn(2, 9, 10)
+        for actual, expected in zip(
+            ours(query, key, value), reference(query, key, value), strict=True
+        ):
+            torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+
+    def test_cross_attention_same_width_matches(self) -> None:
+        reference, ours = _pair()
+        query, memory = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+        torch.testing.assert_close(
+            ours(query, memory, memory)[0], reference(query, memory, memory)[0], atol=ATOL, rtol=0
+        )
+
+    def test_key_padding_mask_matches(self) -> None:
+        reference, ours = _pair()
+        x = torch.randn(3, 6, 16)
+        padding = torch.zeros(3, 6, dtype=torch.bool)
+        padding[0, 4:] = True
+        padding[2, 1:] = True
+        expected = reference(x, x, x, key_padding_mask=padding, average_attn_weights=False)
+        actual = ours(x, x, x, key_padding_mask=padding, average_attn_weights=False)
+        torch.testing.assert_close(actual[0], expected[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(actual[1], expected[1], atol=ATOL, rtol=0)
+        assert torch.all(actual[1][0, :, :, 4:] == 0)
+
+    def test_causal_mask_matches(self) -> None:
+        reference, ours = _pair()
+        x = torch.randn(2, 6, 16)
+        blocked = ~causal_mask(6)  # nn.MultiheadAttention: True = ignore
+        expected = reference(x, x, x, attn_mask=blocked, is_causal=True)
+        torch.testing.assert_close(
+            ours(x, x, x, attn_mask=blocked)[0], expected[0], atol=ATOL, rtol=0
+        )
+        # is_causal alone builds the same mask here (nn.MultiheadAttention insists on attn_mask).
+        torch.testing.assert_close(ours(x, x, x, is_causal=True)[0], expected[0], atol=ATOL, rtol=0)
+
+    def test_per_head_attn_mask_and_padding_combine(self) -> None:
+        reference, ours = _pair()
+        x = torch.randn(2, 5, 16)
+        blocked = ~_random_mask(2 * 4, 5, 5, seed=3)
+        padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+        kwargs = {"attn_mask": blocked, "key_padding_mask": padding}
+        torch.testing.assert_close(
+            ours(x, x, x, **kwargs)[0], reference(x, x, x, **kwargs)[0], atol=ATOL, rtol=0
+        )
+
+    def test_sequence_first_layout_matches(self) -> None:
+        reference, ours = _pair(batch_first=False)
+        x = torch.randn(7, 3, 16)  # (T, B, E)
+        torch.testing.assert_close(ours(x, x, x)[0], reference(x, x, x)[0], atol=ATOL, rtol=0)
+
+    def test_need_weights_false_returns_none(self) -> None:
+        _, ours = _pair()
+        x = torch.randn(2, 3, 16)
+        assert ours(x, x, x, need_weights=False)[1] is None
+
+    def test_gradients_match(self) -> None:
+        reference, ours = _pair(kdim=6, vdim=10)
+        padding = torch.tensor([[False] * 9, [False] * 6 + [True] * 3])
+        inputs = [torch.randn(2, 5, 16), torch.randn(2, 9, 6), torch.randn(2, 9, 10)]
+        grads = []
+        for module in (reference, ours):
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out, weights = module(*leaves, key_padding_mask=padding)
+            (out.square().sum() + weights.sum()).backward()
+            grads.append(
+                [t.grad for t in leaves] + [p.grad for _, p in sorted(module.named_parameters())]
+            )
+        for expected, actual in zip(*grads, strict=True):
+            torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+    def test_self_attention_is_permutation_equivariant(self) -> None:
+        _, ours = _pair()
+        x = torch.randn(2, 7, 16)
+        perm = torch.randperm(7)
+        out, weights = ours(x, x, x)
+        out_perm, weights_perm = ours(x[:, perm], x[:, perm], x[:, perm])
+        torch.testing.assert_close(out_perm, out[:, perm], atol=ATOL, rtol=0)
+        torch.testing.assert_close(weights_perm, weights[:, perm][:, :, perm], atol=ATOL, rtol=0)
+
+    def test_float_masks_are_refused_with_a_clear_error(self) -> None:
+        _, ours = _pair()
+        x = torch.randn(1, 3, 16)
+        with pytest.raises(TypeError, match="boolean masks"):
+            ours(x, x, x, key_padding_mask=torch.zeros(1, 3))
+
+    def test_heads_must_divide_the_width(self) -> None:
+        with pytest.raises(ValueError, match="d_model=10 is not divisible by n_heads=4"):
+            MultiHeadAttention(10, 4)
+
+
+class TestBuildAttention:
+    def test_kinds_have_equal_parameter_counts(self) -> None:
+        scratch = build_attention("scratch", d_model=32, n_heads=4, dropout=0.1)
+        reference = build_attention("torch", d_model=32, n_heads=4, dropout=0.1)
+        assert isinstance(scratch, MultiHeadAttention)
+        assert isinstance(reference, nn.MultiheadAttention) and reference.batch_first
+        counts = [sum(p.numel() for p in m.parameters()) for m in (scratch, reference)]
+        assert counts == [4 * 32 * 32 + 4 * 32] * 2
+
+    def test_unknown_kind_names_the_choices(self) -> None:
+        with pytest.raises(ValueError, match=r"attention='flash' .* scratch, torch"):
+            build_attention("flash", d_model=8, n_heads=2)

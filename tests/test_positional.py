@@ -1,0 +1,59 @@
+"""Position encodings: the paper's formula, value for value."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attention_lab.nn.positional import (
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+    build_positional,
+    sinusoidal_encoding,
+)
+
+
+def test_sinusoidal_values_follow_the_paper() -> None:
+    length, d_model = 50, 16
+    table = sinusoidal_encoding(length, d_model)
+    assert table.shape == (length, d_model)
+    for pos in (0, 1, 7, 49):
+        for i in range(d_model // 2):
+            angle = pos / 10000 ** (2 * i / d_model)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_position_zero_is_sin0_cos0() -> None:
+    torch.testing.assert_close(sinusoidal_encoding(1, 6)[0], torch.tensor([0.0, 1.0] * 3))
+
+
+def test_sinusoidal_needs_an_even_width() -> None:
+    with pytest.raises(ValueError, match="even d_model"):
+        sinusoidal_encoding(4, 7)
+
+
+def test_sinusoidal_module_adds_the_table_and_saves_nothing() -> None:
+    module = SinusoidalPositionalEncoding(d_model=8, max_len=10)
+    x = torch.randn(2, 6, 8)
+    torch.testing.assert_close(module(x), x + sinusoidal_encoding(6, 8))
+    assert module.state_dict() == {}
+
+
+def test_learned_module_is_a_trainable_table() -> None:
+    module = LearnedPositionalEncoding(d_model=8, max_len=10)
+    x = torch.zeros(2, 4, 8)
+    torch.testing.assert_close(module(x), module.table[:4].expand(2, 4, 8))
+    assert module.table.requires_grad
+
+
+def test_sequences_longer_than_max_len_are_refused() -> None:
+    with pytest.raises(ValueError, match="longer than max_len=3"):
+        build_positional("sinusoidal", d_model=4, max_len=3)(torch.zeros(1, 4, 4))
+
+
+def test_unknown_kind_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"positional='rotary'.*sinusoidal, learned, none"):
+        build_positional("rotary", d_model=4, max_len=3)

@@ -1,0 +1,68 @@
+"""Read what an offline W&B run wrote, without W&B's servers.
+
+An offline run keeps its records in ``run-<id>.wandb``: a 7-byte header (":W&B", magic, version)
+then 32 KiB blocks of LevelDB-log records (crc32, length, type; a record may be split in
+FIRST/MIDDLE/LAST pieces), each piece of a protobuf ``Record`` that wandb ships.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from wandb.proto import wandb_internal_pb2
+
+_BLOCK = 32 * 1024
+_HEADER = 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _records(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log")
+    records, pieces, pos = [], b"", _HEADER
+    while pos + _HEADER <= len(data):
+        if _BLOCK - pos % _BLOCK < _HEADER:  # the rest of a block too short for a header
+            pos += _BLOCK - pos % _BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        pos += _HEADER
+        if kind == 0:  # zero padding up to the end of the block
+            pos += _BLOCK - pos % _BLOCK if pos % _BLOCK else 0
+            continue
+        pieces += data[pos : pos + length]
+        pos += length
+        if kind in (_FULL, _LAST):
+            records.append(pieces)
+            pieces = b""
+    return records
+
+
+def read_offline_run(run_dir: Path) -> dict[str, Any]:
+    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} of one offline run."""
+    (log_file,) = run_dir.glob("run-*.wandb")
+    result: dict[str, Any] = {"config": {}, "history": [], "summary": {}}
+    for raw in _records(log_file):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            result["history"].append(
+                {
+                    "/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
+        elif kind == "summary":
+            for item in record.summary.update:
+                result["summary"]["/".join(item.nested_key) or item.key] = json.loads(
+                    item.value_json
+                )
+        elif kind in ("config", "run"):
+            updates = record.config.update if kind == "config" else record.run.config.update
+            for item in updates:
+                result["config"][item.key] = json.loads(item.value_json)
+    return result
