@@ -52,11 +52,11 @@ def test_tokenisations_give_logits_and_the_right_number_of_tokens(
 def test_attention_weights_are_kept_only_when_asked() -> None:
     model = EncoderClassifier(**SMALL)
     model(torch.randn(2, 1, 28, 28))
-    assert all(block.attention_weights is None for block in model.blocks)
+    assert all(block.attention_weights is None for block in model.encoder.blocks)
     with keep_attention_weights(model) as blocks:
         model(torch.randn(2, 1, 28, 28))
         assert len(blocks) == 2 and all(b.attention_weights is not None for b in blocks)
-    assert all(not b.keep_attention and b.attention_weights is None for b in model.blocks)
+    assert all(not b.keep_attention and b.attention_weights is None for b in model.encoder.blocks)
 
 
 def test_one_token_makes_attention_the_value_projection() -> None:

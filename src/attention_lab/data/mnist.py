@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets import MNIST
 
+from attention_lab.data.augment import random_affine
 from attention_lab.errors import ConfigError, DataNotFoundError
 
 MNIST_MEAN = 0.1307
@@ -39,7 +40,11 @@ def _first_line(err: BaseException) -> str:
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST with a seeded train/validation split (55,000/5,000 by default) and the test set."""
+    """MNIST with a seeded train/validation split (55,000/5,000 by default) and the test set.
+
+    ``augment`` holds the keyword arguments of ``random_affine`` (degrees, translate, scale),
+    applied to training batches only; None for none.
+    """
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         num_workers: int = 0,
         seed: int = 0,
+        augment: dict | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
@@ -65,6 +71,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.num_workers = num_workers
         self.seed = seed
+        self.augment = dict(augment) if augment else None
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
@@ -94,8 +101,10 @@ class MNISTDataModule(L.LightningDataModule):
         self, batch: tuple[Tensor, Tensor], dataloader_idx: int
     ) -> tuple[Tensor, Tensor]:
         images, labels = batch
-        images = (images.float() / 255.0 - MNIST_MEAN) / MNIST_STD  # (B, 1, 28, 28)
-        return images, labels
+        images = images.float() / 255.0  # (B, 1, 28, 28)
+        if self.augment and self.trainer is not None and self.trainer.training:
+            images = random_affine(images, **self.augment)
+        return (images - MNIST_MEAN) / MNIST_STD, labels
 
     def _loader(self, dataset: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -1,5 +1,6 @@
 """Pure ``nn.Module`` models; none of them imports Lightning."""
 
 from attention_lab.models.encoder_classifier import EncoderClassifier
+from attention_lab.models.vit import VisionTransformer
 
-__all__ = ["EncoderClassifier"]
+__all__ = ["EncoderClassifier", "VisionTransformer"]

@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from attention_lab.nn.blocks import EncoderBlock
+from attention_lab.nn.blocks import Encoder
 from attention_lab.nn.positional import build_positional
 
 TOKENIZATIONS = ("rows", "patches", "flat")
@@ -71,7 +71,6 @@ class EncoderClassifier(nn.Module):
             "num_classes": num_classes,
             "d_model": d_model,
             "n_heads": n_heads,
-            "n_layers": n_layers,
             "d_ff": d_ff,
         }.items():
             if value <= 0:
@@ -90,6 +89,7 @@ class EncoderClassifier(nn.Module):
                 f"pooling={pooling!r} is not known; choose one of {', '.join(POOLINGS)}"
             )
 
+        self.image_size = image_size
         self.tokens = tokens
         self.patch_size = patch_size
         self.pooling = pooling
@@ -100,21 +100,36 @@ class EncoderClassifier(nn.Module):
             positional, d_model=d_model, max_len=n_tokens + (pooling == "cls")
         )
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            EncoderBlock(
-                d_model=d_model,
-                n_heads=n_heads,
-                d_ff=d_ff,
-                dropout=dropout,
-                activation=activation,
-                norm_first=norm_first,
-                attention=attention,
-            )
-            for _ in range(n_layers)
+        self.encoder = Encoder(
+            n_layers=n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            dropout=dropout,
+            activation=activation,
+            norm_first=norm_first,
+            attention=attention,
         )
-        # Pre-norm leaves the residual stream unnormalised, so it needs one norm at the end.
-        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
         self.head = nn.Linear(d_model, num_classes)
+
+    @property
+    def patch_grid(self) -> tuple[int, int] | None:
+        """(rows, columns) of patches when the tokens are patches, else None."""
+        if self.tokens != "patches":
+            return None
+        grid = self.image_size // self.patch_size
+        return grid, grid
+
+    def token_labels(self) -> list[str]:
+        """A label per token, in order: 'cls' if pooled from it, then rows, patches or 'image'."""
+        if self.tokens == "rows":
+            labels = [f"row {r}" for r in range(self.image_size)]
+        elif self.tokens == "patches":
+            grid = self.image_size // self.patch_size
+            labels = [f"({r},{c})" for r in range(grid) for c in range(grid)]
+        else:
+            labels = ["image"]
+        return (["cls"] if self.cls_token is not None else []) + labels
 
     def forward(self, images: Tensor) -> Tensor:
         """images: (B, C, H, W) -> logits (B, num_classes)."""
@@ -122,9 +137,6 @@ class EncoderClassifier(nn.Module):
         x = self.to_embedding(x)  # (B, N, E)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)  # (B, 1+N, E)
-        x = self.dropout(self.positional(x))
-        for block in self.blocks:
-            x = block(x)  # (B, N, E)
-        x = self.final_norm(x)
+        x = self.encoder(self.dropout(self.positional(x)))  # (B, N, E)
         pooled = x[:, 0] if self.pooling == "cls" else x.mean(dim=1)  # (B, E)
         return self.head(pooled)  # (B, num_classes)

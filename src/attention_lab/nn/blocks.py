@@ -97,6 +97,45 @@ class EncoderBlock(nn.Module):
         return self.dropout(out)
 
 
+class Encoder(nn.Module):
+    """N encoder blocks, and the final norm that pre-norm needs (its residual stream is raw)."""
+
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = True,
+        attention: str = "scratch",
+    ) -> None:
+        super().__init__()
+        if n_layers <= 0:
+            raise ValueError(f"n_layers={n_layers} must be positive")
+        self.blocks = nn.ModuleList(
+            EncoderBlock(
+                d_model=d_model,
+                n_heads=n_heads,
+                d_ff=d_ff,
+                dropout=dropout,
+                activation=activation,
+                norm_first=norm_first,
+                attention=attention,
+            )
+            for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding."""
+        for block in self.blocks:
+            x = block(x, key_padding_mask)  # (B, T, E)
+        return self.final_norm(x)
+
+
 @contextmanager
 def keep_attention_weights(model: nn.Module) -> Iterator[list[nn.Module]]:
     """Within the block, every attention block of ``model`` keeps its weights.

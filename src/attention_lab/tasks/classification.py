@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from attention_lab.attention_maps import AttentionMap, AttentionSnapshot
+from attention_lab.nn.blocks import keep_attention_weights
 from attention_lab.optim import OptimizerFactory, SchedulerFactory, decay_groups
 
 
@@ -17,7 +19,8 @@ class ImageClassificationTask(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``); the scheduler
     receives ``total_steps`` and is stepped every optimisation step.
-    Logs ``{train,val,test}/loss``, ``{train,val,test}/acc`` and ``val/acc_best``.
+    Logs ``{train,val,test}/loss``, ``{train,val,test}/acc`` (the fraction of all samples right,
+    not a mean over classes) and ``val/acc_best``.
     """
 
     def __init__(
@@ -37,9 +40,9 @@ class ImageClassificationTask(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.train_acc = MulticlassAccuracy(num_classes)
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
 
     def forward(self, images: Tensor) -> Tensor:
@@ -88,6 +91,23 @@ class ImageClassificationTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def attention_maps(self, batch: tuple[Tensor, Tensor]) -> AttentionSnapshot:
+        """Every layer's per-head attention for ``batch``, labelled by the net's tokens.
+
+        The net must have ``token_labels()``; if it has a class token and a ``patch_grid``,
+        the images come along for the rollout overlay.
+        """
+        images, _ = batch
+        with keep_attention_weights(self.net) as blocks:
+            self.net(images)
+            layers = [block.attention_weights for block in blocks]  # each (N, H, T, T)
+        labels = [self.net.token_labels()] * images.size(0)
+        maps = [AttentionMap(f"layer{i}", w, labels, labels) for i, w in enumerate(layers)]
+        grid = getattr(self.net, "patch_grid", None)
+        if getattr(self.net, "cls_token", None) is None or grid is None:
+            return AttentionSnapshot(maps)
+        return AttentionSnapshot(maps, images=images, patch_grid=grid)
 
     @property
     def num_parameters(self) -> int:
