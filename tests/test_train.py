@@ -12,6 +12,7 @@ from urllib.error import URLError
 import pytest
 import torchvision.datasets.mnist
 
+from attention_lab.callbacks.history import read_history
 from attention_lab.errors import ConfigError, DataNotFoundError
 from attention_lab.training import METRICS_FILE, train
 from tests.conftest import REPO_ROOT, ComposeFn
@@ -121,6 +122,10 @@ def test_csv_logger_and_checkpoints(compose_config: ComposeFn, tiny_mnist: Path)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss_step", "val/acc", "val/acc_best", "test/acc", "lr-AdamW/pg1"} <= set(header)
+    rows = read_history(run_dir)
+    assert [row["epoch"] for row in rows] == [0, 1]
+    assert {"train/loss", "train/acc", "val/acc", "val/loss"} <= rows[1].keys()
+    assert rows[1]["train/samples_per_s"] > 0
 
 
 @pytest.mark.slow

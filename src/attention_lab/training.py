@@ -24,6 +24,7 @@ from attention_lab.errors import AttentionLabError, ConfigError
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+FAILURE_FILE = "failure.json"
 
 
 def instantiate_setting(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -44,6 +45,13 @@ def _as_config_error(key: str, cause: BaseException) -> AttentionLabError:
     if re.match(r"^\w+=", message):
         return ConfigError(f"{key}.{message}")
     return ConfigError(f"{key}: {message} (check the `{key}` settings)")
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """Write ``failure.json`` (the error's type and message) so a report can show the failure."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    message = f"{type(error).__name__}: {error}".strip()
+    (run_dir / FAILURE_FILE).write_text(json.dumps({"error": message}, indent=2) + "\n")
 
 
 def count_parameters(module: Any) -> int:

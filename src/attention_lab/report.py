@@ -1,0 +1,245 @@
+"""Compare runs: ``python -m attention_lab.report RUN_OR_SWEEP_DIR [...] [--out DIR]``.
+
+Reads run directories offline (no W&B needed): ``metrics.json``, ``history.jsonl`` and
+``.hydra/config.yaml``. Any folder below the given ones that holds ``.hydra/config.yaml`` is a
+run; a run without ``metrics.json`` failed (or is still running) and is listed as such.
+Writes ``report.md`` and PNG plots: validation curves per attention kind (mean and min-max band
+over seeds), the final test metric with error bars, and training throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from attention_lab.callbacks.history import read_history
+from attention_lab.training import FAILURE_FILE, METRICS_FILE
+
+
+@dataclass
+class Run:
+    """What the report needs of one run directory."""
+
+    path: Path
+    experiment: str
+    attention: str
+    seed: int | None
+    metrics: dict[str, Any] | None  # None: the run failed or has not finished
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reported: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def monitor(self) -> str:
+        return (self.metrics or {}).get("monitor") or "val/acc"
+
+    @property
+    def test_metric(self) -> str:
+        return "test/" + self.monitor.split("/", 1)[1]
+
+    @property
+    def test_value(self) -> float | None:
+        return ((self.metrics or {}).get("test") or {}).get(self.test_metric)
+
+    @property
+    def samples_per_s(self) -> float | None:
+        rates = [r["train/samples_per_s"] for r in self.history if "train/samples_per_s" in r]
+        return statistics.median(rates) if rates else None
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
+    """Every run directory at or below ``roots``, in path order."""
+    found = []
+    for root in roots:
+        for config_file in sorted(root.glob("**/.hydra/config.yaml")):
+            found.append(load_run(config_file.parent.parent))
+    return found
+
+
+def load_run(path: Path) -> Run:
+    """One run directory; a missing or unreadable ``metrics.json`` marks it failed."""
+    cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+    metrics_file = path / METRICS_FILE
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    failure_file = path / FAILURE_FILE
+    error = json.loads(failure_file.read_text()).get("error") if failure_file.is_file() else None
+    reported = cfg.get("reported")
+    return Run(
+        path=path,
+        experiment=str(cfg.get("experiment_name", "default")),
+        attention=str(cfg.model.get("attention", "?")),
+        seed=cfg.get("seed"),
+        metrics=metrics,
+        history=read_history(path),
+        reported=OmegaConf.to_container(reported) if reported is not None else None,
+        error=error if metrics is None else None,
+    )
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(value: float | None, metric: str, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    # Accuracies are fractions in the metrics; the table shows percent.
+    return f"{100 * value:.{digits}f}%" if metric.endswith("acc") else f"{value:.{digits}f}"
+
+
+def summary_table(runs: list[Run]) -> str:
+    """Markdown: experiment × attention kind -> mean ± std of the test metric and the rest."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.experiment, run.attention)].append(run)
+    lines = [
+        "| experiment | attention | test metric | mean ± std | n | failed | epochs | "
+        "fit time (s) | train samples/s | parameters | reported |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (experiment, attention), members in sorted(groups.items()):
+        done = [r for r in members if r.test_value is not None]
+        metric = done[0].test_metric if done else (members[0].test_metric)
+        if done:
+            mean, std = _mean_std([r.test_value for r in done])
+            score = f"{_fmt(mean, metric)} ± {_fmt(std, metric)}"
+            epochs = statistics.fmean(r.metrics["epochs"] for r in done)
+            fit = statistics.fmean(r.metrics["fit_time_s"] for r in done)
+            rates = [r.samples_per_s for r in done if r.samples_per_s is not None]
+            rate = f"{statistics.fmean(rates):.0f}" if rates else "–"
+            params = f"{done[0].metrics['params']:,}"
+        else:
+            score, epochs, fit, rate, params = "–", float("nan"), float("nan"), "–", "–"
+        reported = members[0].reported
+        shown = _fmt(reported.get("value"), metric) if reported else "–"
+        lines.append(
+            f"| {experiment} | {attention} | {metric} | {score} | {len(done)} | "
+            f"{len(members) - len(done)} | {epochs:.0f} | {fit:.0f} | {rate} | {params} | "
+            f"{shown} |"
+        )
+    return "\n".join(lines)
+
+
+def failures(runs: list[Run]) -> str:
+    """Markdown list of the runs without metrics, with their recorded error if any."""
+    failed = [r for r in runs if r.metrics is None]
+    if not failed:
+        return "No failed runs."
+    return "\n".join(
+        f"- `{r.path}`: {r.error or 'no metrics.json (failed or unfinished)'}" for r in failed
+    )
+
+
+def _by_attention(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.metrics is not None:
+            groups[run.attention].append(run)
+    return dict(sorted(groups.items()))
+
+
+def plot_curves(runs: list[Run], metric: str) -> Figure:
+    """``metric`` per epoch for each attention kind: mean line and min-max band over seeds."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for attention, members in _by_attention(runs).items():
+        per_epoch: dict[int, list[float]] = defaultdict(list)
+        for run in members:
+            for row in run.history:
+                if metric in row:
+                    per_epoch[row["epoch"]].append(row[metric])
+        if not per_epoch:
+            continue
+        epochs = sorted(per_epoch)
+        means = [statistics.fmean(per_epoch[e]) for e in epochs]
+        ax.plot([e + 1 for e in epochs], means, marker="o", label=attention)
+        ax.fill_between(
+            [e + 1 for e in epochs],
+            [min(per_epoch[e]) for e in epochs],
+            [max(per_epoch[e]) for e in epochs],
+            alpha=0.2,
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend(title="attention")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bars(runs: list[Run], values_of: str, ylabel: str) -> Figure:
+    """Bars per attention kind: mean ± std of the test metric or of the throughput."""
+    fig = Figure(figsize=(4, 3.5))
+    ax = fig.subplots()
+    names, means, stds = [], [], []
+    for attention, members in _by_attention(runs).items():
+        values = [getattr(r, values_of) for r in members if getattr(r, values_of) is not None]
+        if values:
+            mean, std = _mean_std(values)
+            names.append(attention)
+            means.append(mean)
+            stds.append(std)
+    ax.bar(names, means, yerr=stds, capsize=6, color=["tab:blue", "tab:orange"][: len(names)])
+    ax.set_ylabel(ylabel)
+    if values_of == "test_value" and means:
+        low = min(m - s for m, s in zip(means, stds, strict=True))
+        ax.set_ylim(max(0.0, low - 0.01 * abs(low) - 1e-3), None)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(roots: list[Path], out: Path) -> Path:
+    """Write ``report.md`` and its PNG plots into ``out``; returns the report's path."""
+    runs = find_runs(roots)
+    if not runs:
+        raise SystemExit(f"no run directories (with .hydra/config.yaml) below {roots}")
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [
+        "# Run report",
+        f"{len(runs)} runs from {', '.join(f'`{r}`' for r in roots)}.",
+        "## Test metric by experiment and attention kind",
+        summary_table(runs),
+        "## Failed runs",
+        failures(runs),
+    ]
+    by_experiment: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_experiment[run.experiment].append(run)
+    for experiment, members in sorted(by_experiment.items()):
+        done = [r for r in members if r.metrics is not None]
+        if not done:
+            continue
+        plots = {
+            f"{experiment}_val_curves.png": plot_curves(done, done[0].monitor),
+            f"{experiment}_test_metric.png": plot_bars(done, "test_value", done[0].test_metric),
+            f"{experiment}_throughput.png": plot_bars(done, "samples_per_s", "train samples/s"),
+        }
+        sections.append(f"## {experiment}")
+        for name, figure in plots.items():
+            figure.savefig(out / name, dpi=100)
+            sections.append(f"![{name}]({name})")
+    report = out / "report.md"
+    report.write_text("\n\n".join(sections) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--out", type=Path, help="where to write (default: the first dir)")
+    args = parser.parse_args(argv)
+    report = write_report(args.dirs, args.out or args.dirs[0])
+    print(f"Report: {report}")
+
+
+if __name__ == "__main__":
+    main()

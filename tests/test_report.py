@@ -1,0 +1,110 @@
+"""The comparison report on run directories the tests create, and sweeps that survive a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from attention_lab.report import find_runs, summary_table, write_report
+from tests.conftest import REPO_ROOT
+
+
+def _fake_run(
+    path: Path,
+    attention: str,
+    seed: int,
+    test_acc: float | None,
+    curve: list[float] = (0.9, 0.95),
+) -> None:
+    """A run directory as training.py leaves it; ``test_acc=None`` makes a failed run."""
+    (path / ".hydra").mkdir(parents=True)
+    config = {
+        "experiment_name": "vit_mnist",
+        "seed": seed,
+        "model": {"attention": attention},
+        "reported": {"metric": "test/acc", "value": 0.995, "source": "a paper"},
+    }
+    OmegaConf.save(OmegaConf.create(config), path / ".hydra" / "config.yaml")
+    if test_acc is None:
+        (path / "failure.json").write_text(json.dumps({"error": "ConfigError: bad"}))
+        return
+    metrics = {
+        "monitor": "val/acc",
+        "params": 1234,
+        "epochs": len(curve),
+        "fit_time_s": 10.0,
+        "test": {"test/acc": test_acc, "test/loss": 0.1},
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    rows = [
+        {"epoch": e, "val/acc": acc, "train/samples_per_s": 100.0 + seed}
+        for e, acc in enumerate(curve)
+    ]
+    (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    sweep = tmp_path / "sweep"
+    for job, (attention, seed, acc) in enumerate(
+        [("scratch", 0, 0.990), ("scratch", 1, 0.992), ("torch", 0, 0.991), ("torch", 1, None)]
+    ):
+        _fake_run(sweep / str(job), attention, seed, acc)
+    return sweep
+
+
+def test_table_has_mean_std_n_and_failures(sweep_dir: Path) -> None:
+    table = summary_table(find_runs([sweep_dir]))
+    rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    # scratch: mean 99.10%, sample std 0.14%; two runs, none failed; reported 99.50%.
+    assert "99.10% ± 0.14% | 2 | 0 | 2 | 10 | 100 | 1,234 | 99.50%" in rows["scratch"]
+    assert "99.10% ± 0.00% | 1 | 1 |" in rows["torch"]
+
+
+def test_report_writes_markdown_and_plots(sweep_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = write_report([sweep_dir], out)
+    text = report.read_text()
+    assert "| vit_mnist | scratch | test/acc |" in text
+    assert "ConfigError: bad" in text  # the failed run and its error are shown
+    for name in ("val_curves", "test_metric", "throughput"):
+        assert (out / f"vit_mnist_{name}.png").stat().st_size > 0
+        assert f"vit_mnist_{name}.png" in text
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny_mnist: Path) -> None:
+    sweep = tmp_path / "multirun"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(DATA_DIR=str(tiny_mnist), HOME=str(tmp_path))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "model.attention=flash,scratch",  # the first job fails, the second must still run
+            "debug=smoke",
+            "logger=csv",
+            "data.val_size=56",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "model.attention='flash'" in json.loads((sweep / "0" / "failure.json").read_text())["error"]
+    )
+    metrics = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert metrics["attention"] == "scratch"
+    assert (sweep / "1" / "history.jsonl").is_file()
+    runs = find_runs([sweep])
+    assert [r.metrics is None for r in runs] == [True, False]
