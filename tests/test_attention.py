@@ -218,15 +218,49 @@ class TestMultiHeadAttention:
             MultiHeadAttention(10, 4)
 
 
+class TestScratchFused:
+    """The named fast path computes what the explicit path computes."""
+
+    def _pair(self) -> tuple[MultiHeadAttention, MultiHeadAttention]:
+        torch.manual_seed(0)
+        explicit = MultiHeadAttention(16, 4, batch_first=True)
+        fused = MultiHeadAttention(16, 4, batch_first=True, fused=True)
+        fused.load_state_dict(explicit.state_dict())
+        return explicit, fused
+
+    def test_outputs_and_gradients_match_with_padding_and_causal_masks(self) -> None:
+        explicit, fused = self._pair()
+        padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+        blocked = ~causal_mask(6)
+        x = torch.randn(2, 6, 16)
+        results = []
+        for module in (explicit, fused):
+            leaf = x.clone().requires_grad_()
+            out, _ = module(
+                leaf, leaf, leaf, key_padding_mask=padding, attn_mask=blocked, need_weights=False
+            )
+            out.square().sum().backward()
+            results.append([out, leaf.grad, module.in_proj_weight.grad])
+        for expected, actual in zip(*results, strict=True):
+            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+    def test_weights_when_asked_come_from_the_explicit_path(self) -> None:
+        explicit, fused = self._pair()
+        x = torch.randn(2, 5, 16)
+        torch.testing.assert_close(fused(x, x, x)[1], explicit(x, x, x)[1])
+
+
 class TestBuildAttention:
     def test_kinds_have_equal_parameter_counts(self) -> None:
         scratch = build_attention("scratch", d_model=32, n_heads=4, dropout=0.1)
+        fused = build_attention("scratch_fused", d_model=32, n_heads=4, dropout=0.1)
         reference = build_attention("torch", d_model=32, n_heads=4, dropout=0.1)
-        assert isinstance(scratch, MultiHeadAttention)
+        assert isinstance(scratch, MultiHeadAttention) and not scratch.fused
+        assert isinstance(fused, MultiHeadAttention) and fused.fused
         assert isinstance(reference, nn.MultiheadAttention) and reference.batch_first
-        counts = [sum(p.numel() for p in m.parameters()) for m in (scratch, reference)]
-        assert counts == [4 * 32 * 32 + 4 * 32] * 2
+        counts = [sum(p.numel() for p in m.parameters()) for m in (scratch, fused, reference)]
+        assert counts == [4 * 32 * 32 + 4 * 32] * 3
 
     def test_unknown_kind_names_the_choices(self) -> None:
-        with pytest.raises(ValueError, match=r"attention='flash' .* scratch, torch"):
+        with pytest.raises(ValueError, match=r"attention='flash' .* scratch, scratch_fused, torch"):
             build_attention("flash", d_model=8, n_heads=2)

@@ -41,7 +41,7 @@ def test_there_are_experiments() -> None:
 
 
 @pytest.mark.parametrize("experiment", _experiments())
-@pytest.mark.parametrize("attention", ["scratch", "torch"])
+@pytest.mark.parametrize("attention", ["scratch", "scratch_fused", "torch"])
 def test_every_experiment_runs_a_step(
     compose_config: ComposeFn, tiny_mnist: Path, experiment: str, attention: str
 ) -> None:

@@ -12,11 +12,12 @@ from attention_lab.nn.blocks import EncoderBlock, keep_attention_weights
 SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 2, "d_ff": 32, "dropout": 0.0}
 
 
+@pytest.mark.parametrize("other", ["torch", "scratch_fused"])
 @pytest.mark.parametrize("norm_first", [True, False])
-def test_scratch_and_torch_models_compute_the_same_function(norm_first: bool) -> None:
+def test_every_attention_kind_computes_the_same_function(norm_first: bool, other: str) -> None:
     torch.manual_seed(0)
     scratch = EncoderClassifier(**SMALL, norm_first=norm_first, attention="scratch").eval()
-    reference = EncoderClassifier(**SMALL, norm_first=norm_first, attention="torch").eval()
+    reference = EncoderClassifier(**SMALL, norm_first=norm_first, attention=other).eval()
     reference.load_state_dict(scratch.state_dict())
     images = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(scratch(images), reference(images), atol=1e-5, rtol=0)

@@ -18,12 +18,13 @@ speaks the opposite (its boolean ``key_padding_mask`` and ``attn_mask`` say True
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ATTENTION_KINDS = ("scratch", "torch")
+ATTENTION_KINDS = ("scratch", "scratch_fused", "torch")
 
 
 def scaled_dot_product_attention(
@@ -104,6 +105,11 @@ class MultiHeadAttention(nn.Module):
     Parameters carry ``nn.MultiheadAttention``'s names, shapes and initialisation
     (``in_proj_weight`` or ``q/k/v_proj_weight`` when kdim/vdim differ, ``in_proj_bias``,
     ``out_proj``), so a state_dict loads in either direction and gives the same outputs.
+
+    ``fused=True`` is the named fast path (``model.attention=scratch_fused``): the same
+    projections and masks, but when no weights are asked for, the attention itself runs in
+    PyTorch's fused ``F.scaled_dot_product_attention`` kernel. A query row with no allowed key
+    gives NaN there instead of zeros; padding masks never produce one.
     """
 
     def __init__(
@@ -117,6 +123,8 @@ class MultiHeadAttention(nn.Module):
         batch_first: bool = False,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
@@ -135,6 +143,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
         self.batch_first = batch_first
+        self.fused = fused
 
         if self._qkv_same_embed_dim:
             self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
@@ -213,7 +222,13 @@ class MultiHeadAttention(nn.Module):
         v = v.view(batch, src_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
 
         dropout_p = self.dropout if self.training else 0.0
-        out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T, D)
+        if self.fused and not need_weights:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p
+            )  # (B, H, T, D)
+            weights = None  # the kernel never forms them
+        else:
+            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)  # (B, T, E)
         out = self.out_proj(out)  # (B, T, E)
 
@@ -227,12 +242,16 @@ class MultiHeadAttention(nn.Module):
 def build_attention(
     kind: str, *, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True
 ) -> nn.Module:
-    """The attention switch: ``scratch`` (this module) or ``torch`` (``nn.MultiheadAttention``).
+    """The attention switch, the one place that reads ``model.attention``.
 
-    Both are built batch-first with the same parameters, so either can replace the other.
+    ``scratch``: this module's explicit math; ``scratch_fused``: the same module with the fused
+    kernel when weights are not needed; ``torch``: ``nn.MultiheadAttention``. All are built
+    batch-first with the same parameters, so any can replace another.
     """
     if kind == "scratch":
         cls = MultiHeadAttention
+    elif kind == "scratch_fused":
+        cls = partial(MultiHeadAttention, fused=True)
     elif kind == "torch":
         cls = nn.MultiheadAttention
     else:
