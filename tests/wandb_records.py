@@ -42,9 +42,12 @@ def _records(path: Path) -> list[bytes]:
 
 
 def read_offline_run(run_dir: Path) -> dict[str, Any]:
-    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} of one offline run."""
+    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}, "exit_code": int}.
+
+    ``exit_code`` is what ``wandb.finish`` recorded, None when the run was never finished.
+    """
     (log_file,) = run_dir.glob("run-*.wandb")
-    result: dict[str, Any] = {"config": {}, "history": [], "summary": {}}
+    result: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "exit_code": None}
     for raw in _records(log_file):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
@@ -61,6 +64,8 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
                 result["summary"]["/".join(item.nested_key) or item.key] = json.loads(
                     item.value_json
                 )
+        elif kind == "exit":
+            result["exit_code"] = record.exit.exit_code
         elif kind in ("config", "run"):
             updates = record.config.update if kind == "config" else record.run.config.update
             for item in updates:

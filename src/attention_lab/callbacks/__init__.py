@@ -1,0 +1,1 @@
+"""Lightning callbacks; configs name each by its module path (conf/callbacks/)."""
