@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import shlex
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _unreadable(path: Path, err: BaseException) -> ConfigError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ConfigError(
-        f"ckpt_path={path} is not a readable checkpoint ({reason}); the file may be truncated "
-        f"(an interrupted copy or a full disk). Use another checkpoint from {path.parent}"
-    )
+    # torch's own messages for a damaged file ("pop from empty list") explain nothing.
+    if not zipfile.is_zipfile(path):
+        problem = (
+            "is not a whole checkpoint file: torch.save writes a zip archive and this is not "
+            "one (cut short by an interrupted copy or a full disk, or another kind of file)"
+        )
+    else:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        problem = f"cannot be read as a checkpoint ({reason})"
+    return ConfigError(f"ckpt_path={path} {problem}. Use another checkpoint from {path.parent}")
 
 
 def check_fits(checkpoint: dict[str, Any], module: nn.Module, path: Path) -> None:
