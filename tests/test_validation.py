@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import pytest
 import torch
 import torchvision.datasets.mnist
+from omegaconf import DictConfig
 
 import attention_lab.config
 import attention_lab.training
@@ -100,7 +102,7 @@ def test_bad_input_gets_one_clear_message_before_any_work(
     built: list[str] = []
     instantiate = attention_lab.training.instantiate
 
-    def recording_instantiate(node, *args, **kwargs):
+    def recording_instantiate(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
         built.append(node._target_)
         return instantiate(node, *args, **kwargs)
 
