@@ -12,7 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from attention_lab.errors import AttentionLabError
+from attention_lab.checkpoints import resume_command
+from attention_lab.errors import AttentionLabError, TrainingInterrupted
 from attention_lab.training import record_failure, train
 
 log = logging.getLogger("train")
@@ -22,35 +23,42 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for hyper-parameter searches.
 
-    In a sweep (``-m``) a failing job is recorded in its directory (``failure.json``) and the
-    sweep goes on; a single run exits with status 2 for a bad setting, and raises otherwise.
+    A bad setting exits with status 2, an interruption with 130 (SIGINT) or 143 (SIGTERM) and a
+    resume command. In a sweep (``-m``) a failing job is recorded in its directory
+    (``failure.json``) and the sweep goes on; an interruption stops the sweep.
     """
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     if in_sweep and cfg.get("logger") and cfg.logger.get("wandb"):
         # One W&B group per sweep: "<experiment>-<sweep start time>".
         with open_dict(cfg):
-            cfg.logger.wandb.group = (
-                f"{cfg.experiment_name}-{Path(HydraConfig.get().sweep.dir).name}"
-            )
-    failed = True
+            cfg.logger.wandb.group = f"{cfg.experiment_name}-{Path(hydra_cfg.sweep.dir).name}"
+    exit_code = 1  # anything not caught below is a crash
     try:
         metrics = train(cfg)
-        failed = False
+        exit_code = 0
     except Exception as err:
         record_failure(Path(cfg.paths.output_dir), err)
+        if isinstance(err, TrainingInterrupted):
+            exit_code = err.exit_code
+            command = resume_command(hydra_cfg.overrides.task, cfg.paths.output_dir)
+            log.error("%s. Resume with: %s", err, command)
+            sys.exit(exit_code)
         if isinstance(err, AttentionLabError):
+            exit_code = err.exit_code
             log.error("%s", err)
         else:
             log.exception("The run failed")
         if in_sweep:
-            return None
+            # NaN, not None: a hyper-parameter sweeper counts the trial as failed and goes on.
+            return float("nan") if cfg.get("optimized_metric") else None
         if isinstance(err, AttentionLabError):
-            sys.exit(2)
+            sys.exit(exit_code)
         raise
     finally:
         # Close the W&B run even when training failed, so its files are complete on disk.
         if wandb.run is not None:
-            wandb.finish(exit_code=1 if failed else 0)
+            wandb.finish(exit_code=exit_code)
         log.info("Outputs: %s", cfg.paths.output_dir)
     key = cfg.get("optimized_metric")
     if key is None:

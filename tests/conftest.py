@@ -78,9 +78,13 @@ ComposeFn = Callable[..., DictConfig]
 def compose_config(tmp_path: Path) -> ComposeFn:
     """Compose ``conf/train.yaml`` with overrides, writing outputs under ``tmp_path``."""
 
-    def _compose(*overrides: str, data_dir: Path | None = None) -> DictConfig:
+    def _compose(
+        *overrides: str, data_dir: Path | None = None, with_hydra: bool = False
+    ) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=list(overrides))
+            cfg = compose(
+                config_name="train", overrides=list(overrides), return_hydra_config=with_hydra
+            )
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             if data_dir is not None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from attention_lab.training import train
-from tests.conftest import CONF_DIR, ComposeFn
+from tests.conftest import CONF_DIR, REPO_ROOT, ComposeFn
 
 # Groups whose every option is composed by itself; experiment and debug are run below.
 GROUPS = ["data", "model", "task", "trainer", "logger", "callbacks", "paths"]
@@ -57,3 +61,47 @@ def test_every_experiment_runs_a_step(
     metrics = train(cfg)
     assert metrics["attention"] == attention
     assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
+
+
+def test_optuna_search_composes_over_lr_depth_and_width(compose_config: ComposeFn) -> None:
+    cfg = compose_config("hparams_search=vit_optuna", "experiment=vit_mnist", with_hydra=True)
+    sweeper = cfg.hydra.sweeper
+    assert "OptunaSweeper" in sweeper._target_ and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"task.optimizer.lr", "model.n_layers", "model.d_model"}
+    assert cfg.optimized_metric == "val/acc"
+
+
+def test_slurm_launcher_composes(compose_config: ComposeFn) -> None:
+    cfg = compose_config("hydra/launcher=slurm", with_hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_end_to_end(tmp_path: Path, tiny_mnist: Path) -> None:
+    sweep = tmp_path / "search"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(DATA_DIR=str(tiny_mnist), HOME=str(tmp_path), PYTHONPATH=str(REPO_ROOT / "src"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "hparams_search=vit_optuna",
+            "experiment=vit_mnist",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "debug=smoke",
+            "logger=csv",
+            "data.val_size=56",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert all(0.0 <= t["best_val"] <= 1.0 for t in trials)
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()

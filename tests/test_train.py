@@ -22,7 +22,13 @@ from tests.wandb_records import read_offline_run
 def _run_train(*overrides: str, data_dir: Path, home: Path) -> subprocess.CompletedProcess:
     """``python train.py`` as a user runs it, without W&B credentials or network."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(DATA_DIR=str(data_dir), HOME=str(home), PYTHONUNBUFFERED="1")
+    # PYTHONPATH: this checkout's code, also where the package is installed from another one.
+    env.update(
+        DATA_DIR=str(data_dir),
+        HOME=str(home),
+        PYTHONPATH=str(REPO_ROOT / "src"),
+        PYTHONUNBUFFERED="1",
+    )
     return subprocess.run(
         [sys.executable, "train.py", *overrides],
         cwd=REPO_ROOT,
@@ -82,7 +88,7 @@ def test_bad_setting_exits_with_one_clear_message(tmp_path: Path, tiny_mnist: Pa
         (["model.attention=flash"], "model.attention='flash' is not a known attention kind"),
         (["model.n_heads=3"], "model.d_model=64 is not divisible by n_heads=3"),
         (["model.tokens=patches", "model.patch_size=5"], "model.patch_size=5 does not divide"),
-        (["trainer.precision=64-fake"], "trainer: .*64-fake"),
+        (["trainer.precision=64-fake"], "trainer.precision=64-fake is not known"),
         (["data.val_size=1000"], "data.val_size=1000 leaves no training images"),
     ],
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,25 @@ def _records(path: Path) -> list[bytes]:
     return records
 
 
-def read_offline_run(run_dir: Path) -> dict[str, Any]:
-    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} of one offline run."""
+def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}, "exit_code": int}.
+
+    ``exit_code`` is what ``wandb.finish`` recorded, None when the run was never finished.
+    W&B's writer is a separate process that may still be flushing when ``wandb.finish`` (or
+    the training process) returns, so this waits up to ``wait_s`` for the exit record, which
+    is written last.
+    """
+    deadline = time.monotonic() + wait_s
+    result = _parse(run_dir)
+    while result["exit_code"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        result = _parse(run_dir)
+    return result
+
+
+def _parse(run_dir: Path) -> dict[str, Any]:
     (log_file,) = run_dir.glob("run-*.wandb")
-    result: dict[str, Any] = {"config": {}, "history": [], "summary": {}}
+    result: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "exit_code": None}
     for raw in _records(log_file):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
@@ -61,6 +77,8 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
                 result["summary"]["/".join(item.nested_key) or item.key] = json.loads(
                     item.value_json
                 )
+        elif kind == "exit":
+            result["exit_code"] = record.exit.exit_code
         elif kind in ("config", "run"):
             updates = record.config.update if kind == "config" else record.run.config.update
             for item in updates:

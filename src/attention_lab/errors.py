@@ -1,8 +1,12 @@
 """The errors that ``train.py`` reports as one clear message instead of a traceback."""
 
+import signal
+
 
 class AttentionLabError(Exception):
     """Base class: a problem the user fixes by changing a setting."""
+
+    exit_code = 2  # what ``train.py`` exits with after logging the message
 
 
 class ConfigError(AttentionLabError, ValueError):
@@ -11,3 +15,26 @@ class ConfigError(AttentionLabError, ValueError):
 
 class DataNotFoundError(AttentionLabError, RuntimeError):
     """Data files missing and not downloadable; the message names the folder and the setting."""
+
+
+class NonFiniteLossError(AttentionLabError, ArithmeticError):
+    """A loss became NaN or infinite; the message names the metric, epoch and step."""
+
+
+class TrainingInterrupted(AttentionLabError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved to ``checkpoint``.
+
+    Exits with the shell's convention for a signal, 128 + its number (130, 143), so schedulers
+    and scripts can tell an interruption from a failure.
+    """
+
+    def __init__(self, signum: int, *, epoch: int, step: int, checkpoint: str) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        self.epoch = epoch
+        self.step = step
+        self.checkpoint = checkpoint
+        super().__init__(
+            f"Interrupted by {self.signal_name} at epoch {epoch} step {step}; "
+            f"checkpoint saved to {checkpoint}"
+        )

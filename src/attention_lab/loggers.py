@@ -3,6 +3,10 @@
 Without credentials (no ``WANDB_API_KEY``, no ``~/.netrc`` entry) or without a reachable server,
 the run is logged offline into the run directory, and ``wandb sync <dir>`` uploads it later.
 ``WANDB_MODE`` (online, offline, disabled), when set, is obeyed as it is.
+
+The W&B run id is kept in the run directory (``wandb_id.txt``), so a run resumed in its own
+directory (``ckpt_path=last hydra.run.dir=...``) continues the same W&B run. The API key is
+never written anywhere: W&B reads it from the environment or ``~/.netrc`` itself.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
 import socket
+import string
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +25,8 @@ from lightning.pytorch.loggers import WandbLogger
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+RUN_ID_FILE = "wandb_id.txt"
+RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def _has_credentials(host: str) -> bool:
@@ -52,6 +60,16 @@ def wandb_mode(timeout_s: float = 3.0) -> tuple[str, str | None]:
     return "online", None
 
 
+def run_id(save_dir: str | Path) -> str:
+    """The W&B run id kept in ``save_dir``, made and written there by the directory's first run."""
+    path = Path(save_dir) / RUN_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    new_id = "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(8))  # W&B's own format
+    path.write_text(new_id + "\n")
+    return new_id
+
+
 def wandb_logger(
     *,
     project: str,
@@ -73,6 +91,8 @@ def wandb_logger(
         )
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
+        id=run_id(save_dir),
+        resume="allow",  # a new id starts a run, a kept one continues it
         project=project,
         save_dir=save_dir,
         name=name,

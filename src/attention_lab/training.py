@@ -1,8 +1,9 @@
 """One training run from a composed config: build, fit, test the best checkpoint, write metrics.
 
 ``train.py`` is the command-line entry (it adds Hydra's decorator); tests call ``train`` with a
-config they compose themselves. Everything is built before anything is trained, and data files
-are checked before the first logger or trainer exists, so a bad setting costs nothing.
+config they compose themselves. The config is validated before anything is built, the checkpoint
+to resume from is checked against the model before any data is read, and data files are checked
+before the first logger or trainer exists, so a bad setting costs nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from attention_lab.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
+from attention_lab.config import validate
 from attention_lab.errors import AttentionLabError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,20 @@ def count_parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def build_model(cfg: DictConfig) -> Any:
+    """The ``nn.Module`` of ``cfg.model``; ``model.compile=true`` compiles it with torch.compile.
+
+    ``compile`` is how the model is run, not a constructor argument, so it is taken out first.
+    ``nn.Module.compile`` works in place: parameter names, and so checkpoints, stay the same.
+    """
+    options = OmegaConf.to_container(cfg.model, resolve=True)
+    compile_model = bool(options.pop("compile", False))
+    net = instantiate_setting(OmegaConf.create(options), "model")
+    if compile_model:
+        net.compile()
+    return net
+
+
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """Every non-null entry of ``cfg.callbacks``."""
     return [
@@ -79,12 +97,23 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best checkpoint; returns (and writes) the run's metrics."""
+    validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.checkpoint_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    net = instantiate_setting(cfg.model, "model")
+    net = build_model(cfg)
     task = instantiate_setting(cfg.task, "task", net=net)
+    if ckpt_path is not None:
+        resumed = read_checkpoint(ckpt_path)
+        check_fits(resumed, task, ckpt_path)
+        log.info(
+            "Resuming from %s (epoch %s, step %s)",
+            ckpt_path,
+            resumed.get("epoch"),
+            resumed.get("global_step"),
+        )
+        del resumed  # Lightning reads the file again; do not hold two copies
     datamodule = instantiate_setting(cfg.data, "data")
     datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
     callbacks = build_callbacks(cfg)
@@ -101,10 +130,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     started = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only=True: checkpoints hold tensors and plain values, and loading runs no code.
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_time_s = time.perf_counter() - started
 
-    checkpoint = trainer.checkpoint_callback
+    # The first ModelCheckpoint (the config's model_checkpoint) chooses the checkpoint to test.
+    checkpoint = next(
+        (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None
+    )
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     metrics: dict[str, Any] = {
         "experiment": cfg.get("experiment_name"),
@@ -123,9 +156,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test"):
         if not best_path:
             log.warning("No best checkpoint was saved (fast_dev_run?): testing the final weights.")
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None)
+        results = trainer.test(
+            task, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
+        )
         metrics["test"] = {k: _as_float(v) for k, v in (results[0] if results else {}).items()}
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_global_zero:
+        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -44,6 +44,8 @@ class ImageClassificationTask(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
+        # In the checkpoint, so that a resumed run keeps the best accuracy so far.
+        self.val_acc_best.persistent(True)
 
     def forward(self, images: Tensor) -> Tensor:
         """images: (B, C, H, W) -> logits (B, K)."""
@@ -56,7 +58,10 @@ class ImageClassificationTask(L.LightningModule):
         accuracy = getattr(self, f"{split}_acc")
         accuracy(logits, labels)
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP the epoch loss is the mean over all processes, like the metrics.
+        self.log(
+            f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
+        )
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -69,12 +74,8 @@ class ImageClassificationTask(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def on_train_start(self) -> None:
-        # The sanity-check batches must not count towards the best validation accuracy.
-        self.val_acc_best.reset()
-
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:  # its batches must not count towards the best
             return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)

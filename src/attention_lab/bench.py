@@ -1,0 +1,304 @@
+"""Benchmarks, runnable by anyone: ``python -m attention_lab.bench {attention,train,data}``.
+
+- ``attention``: forward + backward time of one multi-head attention layer per kind, over
+  sequence lengths, and its memory: peak allocated on a GPU; on the CPU, where no allocator
+  reports a peak, the bytes autograd saves for the backward pass (exact, and the part that
+  differs between kinds: the explicit path keeps the (B, H, T, S) weights).
+- ``train``: training steps per second of whole models (synthetic batches of the experiment's
+  batch size), every attention kind measured in one process, interleaved, several repeats,
+  median reported, with the ratio to ``torch``.
+- ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
+  augmentation), to compare with what a model consumes.
+
+Each writes a markdown table (printed, and saved with a CSV and a plot under ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from matplotlib.figure import Figure
+from torch import nn
+
+from attention_lab.nn.attention import ATTENTION_KINDS, build_attention
+from attention_lab.training import build_model, instantiate_setting
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _median_time(step: Callable[[], None], device: torch.device, min_time_s: float) -> float:
+    """Median seconds per call over calls filling about ``min_time_s`` (after one warm-up)."""
+    step()
+    times = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < min_time_s or len(times) < 3:
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def _attention_forward(
+    layer: nn.Module, x: torch.Tensor, device: torch.device, autocast: torch.dtype | None
+) -> torch.Tensor:
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        return layer(x, x, x, need_weights=False)[0]  # (B, T, E)
+
+
+def _attention_step(forward: Callable[[], torch.Tensor]) -> None:
+    forward().float().square().mean().backward()
+
+
+def bench_attention(args: argparse.Namespace) -> list[dict]:
+    """One attention layer, forward + backward, per kind, dtype and sequence length."""
+    device = torch.device(args.device)
+    rows = []
+    for dtype_name in args.dtypes:
+        for seq_len in args.seq_lens:
+            x = torch.randn(args.batch, seq_len, args.d_model, device=device)
+            for repeat in range(args.repeats):
+                for kind in ATTENTION_KINDS:  # interleaved, so drifts hit every kind alike
+                    torch.manual_seed(0)
+                    layer = build_attention(kind, d_model=args.d_model, n_heads=args.heads)
+                    forward = partial(
+                        _attention_forward,
+                        layer.to(device),
+                        x.clone().requires_grad_(),
+                        device,
+                        DTYPES[dtype_name],
+                    )
+                    step = partial(_attention_step, forward)
+                    seconds = _median_time(step, device, args.min_time)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                        step()
+                        memory = torch.cuda.max_memory_allocated()
+                    else:
+                        memory = _saved_bytes(forward)
+                    rows.append(
+                        {
+                            "dtype": dtype_name,
+                            "seq_len": seq_len,
+                            "kind": kind,
+                            "repeat": repeat,
+                            "ms": 1000 * seconds,
+                            "memory_mib": memory / 2**20,
+                        }
+                    )
+    return rows
+
+
+def _summarise(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tuple, float]:
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row[value])
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def attention_table(rows: list[dict], device: str) -> str:
+    """Markdown: median ms and memory per kind, and the ratios to nn.MultiheadAttention."""
+    ms = _summarise(rows, ("dtype", "seq_len", "kind"), "ms")
+    mem = _summarise(rows, ("dtype", "seq_len", "kind"), "memory_mib")
+    memory_name = "peak MiB" if device.startswith("cuda") else "saved for backward, MiB"
+    lines = [
+        f"| dtype | T | kind | fwd+bwd ms | {memory_name} | time vs torch | memory vs torch |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for dtype, seq_len, kind in sorted(ms, key=lambda k: (k[0], k[1], k[2])):
+        ref = (dtype, seq_len, "torch")
+        lines.append(
+            f"| {dtype} | {seq_len} | {kind} | {ms[dtype, seq_len, kind]:.2f} | "
+            f"{mem[dtype, seq_len, kind]:.1f} | {ms[dtype, seq_len, kind] / ms[ref]:.2f}x | "
+            f"{mem[dtype, seq_len, kind] / mem[ref]:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot_attention(rows: list[dict], path: Path) -> None:
+    """Time and memory against sequence length, one line per kind (first dtype)."""
+    dtype = rows[0]["dtype"]
+    ms = _summarise([r for r in rows if r["dtype"] == dtype], ("seq_len", "kind"), "ms")
+    mem = _summarise([r for r in rows if r["dtype"] == dtype], ("seq_len", "kind"), "memory_mib")
+    fig = Figure(figsize=(9, 3.5))
+    for ax, values, label in zip(fig.subplots(1, 2), (ms, mem), ("fwd+bwd ms", "MiB"), strict=True):
+        for kind in ATTENTION_KINDS:
+            lengths = sorted(t for t, k in values if k == kind)
+            ax.plot(lengths, [values[t, kind] for t in lengths], marker="o", label=kind)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend()
+    fig.suptitle(f"one attention layer ({dtype})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _experiment_config(experiment: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[
+                f"experiment={experiment}",
+                "paths.output_dir=.",
+                "paths.data_dir=.",
+                *overrides,
+            ],
+        )
+
+
+def _train_step(
+    net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(net(images), labels).backward()
+    optimizer.step()
+
+
+def bench_train(args: argparse.Namespace) -> list[dict]:
+    """Training steps of whole models on synthetic batches, per attention kind, interleaved."""
+    device = torch.device(args.device)
+    rows = []
+    for experiment in args.experiments:
+        cfg = _experiment_config(experiment, args.overrides)
+        batch = cfg.data.batch_size
+        images = torch.randn(
+            batch, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size, device=device
+        )
+        labels = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
+        models: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {}
+        for kind in ATTENTION_KINDS:
+            torch.manual_seed(0)
+            cfg.model.attention = kind
+            net = build_model(cfg).to(device).train()
+            models[kind] = (net, torch.optim.AdamW(net.parameters(), lr=1e-4))
+        for repeat in range(args.repeats):
+            for kind, (net, optimizer) in models.items():
+                step = partial(_train_step, net, optimizer, images, labels)
+                seconds = _median_time(step, device, args.min_time)
+                rows.append(
+                    {
+                        "experiment": experiment,
+                        "kind": kind,
+                        "repeat": repeat,
+                        "ms_per_step": 1000 * seconds,
+                        "samples_per_s": batch / seconds,
+                    }
+                )
+    return rows
+
+
+def train_table(rows: list[dict]) -> str:
+    """Markdown: median samples/s per experiment and kind, and the ratio to torch."""
+    rate = _summarise(rows, ("experiment", "kind"), "samples_per_s")
+    lines = [
+        "| experiment | kind | samples/s (median) | vs torch |",
+        "| --- | --- | --- | --- |",
+    ]
+    for experiment, kind in sorted(rate):
+        ratio = rate[experiment, kind] / rate[experiment, "torch"]
+        lines.append(f"| {experiment} | {kind} | {rate[experiment, kind]:.0f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def bench_data(args: argparse.Namespace) -> list[dict]:
+    """Samples/s of the MNIST training pipeline as configured by each experiment."""
+    rows = []
+    for experiment in args.experiments:
+        cfg = _experiment_config(experiment, args.overrides)
+        cfg.data.data_dir = args.data_dir
+        datamodule = instantiate_setting(cfg.data, "data")
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        datamodule.trainer = _TrainingFlag()
+        for repeat in range(args.repeats):
+            started, seen = time.perf_counter(), 0
+            for batch in datamodule.train_dataloader():
+                images, _ = datamodule.on_after_batch_transfer(batch, 0)
+                seen += len(images)
+            seconds = time.perf_counter() - started
+            rows.append(
+                {"experiment": experiment, "repeat": repeat, "samples_per_s": seen / seconds}
+            )
+    return rows
+
+
+class _TrainingFlag:
+    """Stands in for the Trainer so that the DataModule augments as it does in training."""
+
+    training = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description="attention-lab benchmarks")
+    parser.add_argument("what", choices=["attention", "train", "data"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[16, 64, 256, 1024])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    parser.add_argument("--experiments", nargs="+", default=["mnist_encoder", "vit_mnist"])
+    parser.add_argument("--data-dir", default=".data")
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="Hydra overrides, e.g. data.batch_size=256"
+    )
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    if args.what == "attention":
+        rows = bench_attention(args)
+        table = attention_table(rows, args.device)
+        plot_attention(rows, args.out / "attention.png")
+    elif args.what == "train":
+        rows = bench_train(args)
+        table = train_table(rows)
+    else:
+        rows = bench_data(args)
+        rate = _summarise(rows, ("experiment",), "samples_per_s")
+        table = "| experiment | data samples/s (median) |\n| --- | --- |\n" + "\n".join(
+            f"| {experiment} | {value:.0f} |" for (experiment,), value in sorted(rate.items())
+        )
+    with (args.out / f"{args.what}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (args.out / f"{args.what}.md").write_text(table + "\n")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"{args.what} benchmark on {device_name}, {torch.get_num_threads()} threads\n\n{table}")
+    print(f"\nWritten to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Checkpoints to resume from: name them (``ckpt_path=last``), read them safely, check the fit.
+
+Every checkpoint is unpickled with ``weights_only=True``: tensors and plain values only, so a
+file from elsewhere cannot run code. The task keeps its hyper-parameters plain for that reason.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shlex
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attention_lab.errors import ConfigError
+
+LAST_CHECKPOINT = "last.ckpt"  # ModelCheckpoint(save_last=True) and CheckpointOnSignal write it
+
+
+def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> Path | None:
+    """``ckpt_path`` as a file that exists: ``last`` is ``checkpoint_dir/last.ckpt``."""
+    if value is None or str(value) == "":
+        return None
+    if str(value) == "last":
+        path = Path(checkpoint_dir) / LAST_CHECKPOINT
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path=last: there is no {path}. Name the run directory to resume in: "
+                f"python train.py ckpt_path=last hydra.run.dir=outputs/runs/<date>/<time>"
+            )
+        return path
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"ckpt_path={value} {what}; give a .ckpt file, or ckpt_path=last")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, unpickled with ``weights_only=True`` onto the CPU."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise ConfigError(
+                f"ckpt_path={path} holds objects other than tensors and plain values, which "
+                f"are not loaded (weights_only=True) because unpickling them could run code"
+            ) from err
+        raise _unreadable(path, err) from err
+    # torch reports a damaged file as RuntimeError, EOFError, zipfile or unpickling errors.
+    except Exception as err:
+        raise _unreadable(path, err) from err
+    if not isinstance(checkpoint, dict) or not {"state_dict", "loops"} <= checkpoint.keys():
+        raise ConfigError(
+            f"ckpt_path={path} is not a Lightning training checkpoint (it has no state_dict "
+            f"and loop state); resume from a .ckpt file in a run's checkpoints/ folder"
+        )
+    return checkpoint
+
+
+def _unreadable(path: Path, err: BaseException) -> ConfigError:
+    # torch's own messages for a damaged file ("pop from empty list") explain nothing.
+    if not zipfile.is_zipfile(path):
+        problem = (
+            "is not a whole checkpoint file: torch.save writes a zip archive and this is not "
+            "one (cut short by an interrupted copy or a full disk, or another kind of file)"
+        )
+    else:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        problem = f"cannot be read as a checkpoint ({reason})"
+    return ConfigError(f"ckpt_path={path} {problem}. Use another checkpoint from {path.parent}")
+
+
+def check_fits(checkpoint: dict[str, Any], module: nn.Module, path: Path) -> None:
+    """Raise ``ConfigError`` unless the checkpoint's weights have ``module``'s names and shapes."""
+    saved: dict[str, Any] = checkpoint["state_dict"]
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - saved.keys())
+    unexpected = sorted(saved.keys() - expected.keys())
+    reshaped = [
+        f"{key} is {tuple(saved[key].shape)} there, {tuple(expected[key].shape)} here"
+        for key in sorted(expected.keys() & saved.keys())
+        if isinstance(saved[key], Tensor) and saved[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing ({_some(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights unknown to this model ({_some(unexpected)})")
+    if reshaped:
+        problems.append(f"{len(reshaped)} weights of another shape ({_some(reshaped)})")
+    if problems:
+        raise ConfigError(
+            f"ckpt_path={path} does not fit this model: {'; '.join(problems)}. Resume with the "
+            f"model settings it was trained with (its run directory's .hydra/config.yaml)"
+        )
+
+
+def _some(items: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
+def resume_command(overrides: Sequence[str], run_dir: str | Path) -> str:
+    """The command that resumes a run started with ``overrides`` in ``run_dir``."""
+    kept = [
+        override
+        for override in overrides
+        if override.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")
+    ]
+    words = ["python", "train.py", *kept, "ckpt_path=last", f"hydra.run.dir={run_dir}"]
+    return " ".join(shlex.quote(word) for word in words)

@@ -1,0 +1,30 @@
+"""Callbacks that tests add to a run (as ``+callbacks.NAME._target_=tests.callbacks...``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import lightning as L
+
+
+class SlowDown(L.Callback):
+    """Sleep after each training batch, so that a tiny run lasts long enough to interrupt."""
+
+    def __init__(self, *, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: object) -> None:
+        time.sleep(self.seconds)
+
+
+class SignalDuringValidation(L.Callback):
+    """Send ``signum`` to this process when validation of ``epoch`` ends, as a user might."""
+
+    def __init__(self, *, epoch: int, signum: int) -> None:
+        self.epoch = epoch
+        self.signum = signum
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), self.signum)
