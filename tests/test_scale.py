@@ -92,8 +92,8 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, tiny_mnist: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    # Two training batches of 128 on each of two processes: a global step counts both.
-    assert metrics["steps"] == 2
+    # 200 training images split between two processes: one batch of 100 each, one step.
+    assert metrics["steps"] == 1
     assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
     history = (run_dir / "history.jsonl").read_text().splitlines()
     assert len(history) == 1  # written by rank 0 only
