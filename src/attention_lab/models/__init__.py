@@ -1,5 +1,6 @@
 """Pure ``nn.Module`` models; none of them imports Lightning."""
 
 from attention_lab.models.encoder_classifier import EncoderClassifier
+from attention_lab.models.seq2seq import Seq2SeqTransformer
 
-__all__ = ["EncoderClassifier"]
+__all__ = ["EncoderClassifier", "Seq2SeqTransformer"]

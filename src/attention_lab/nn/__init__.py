@@ -7,11 +7,17 @@ from attention_lab.nn.attention import (
     causal_mask,
     scaled_dot_product_attention,
 )
-from attention_lab.nn.blocks import EncoderBlock, FeedForward, keep_attention_weights
+from attention_lab.nn.blocks import (
+    DecoderBlock,
+    EncoderBlock,
+    FeedForward,
+    keep_attention_weights,
+)
 from attention_lab.nn.positional import build_positional, sinusoidal_encoding
 
 __all__ = [
     "ATTENTION_KINDS",
+    "DecoderBlock",
     "EncoderBlock",
     "FeedForward",
     "MultiHeadAttention",
