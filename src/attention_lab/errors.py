@@ -11,3 +11,7 @@ class ConfigError(AttentionLabError, ValueError):
 
 class DataNotFoundError(AttentionLabError, RuntimeError):
     """Data files missing and not downloadable; the message names the folder and the setting."""
+
+
+class DataFormatError(AttentionLabError, ValueError):
+    """Data files that exist but cannot be used (empty, mismatched); the message names them."""
