@@ -2,7 +2,8 @@
 
 ``train.py`` is the command-line entry (it adds Hydra's decorator); tests call ``train`` with a
 config they compose themselves. Everything is built before anything is trained, and data files
-are checked before the first logger or trainer exists, so a bad setting costs nothing.
+are checked before the first logger or trainer exists, so a bad setting costs nothing. The data
+module comes first because it decides some model settings (a tokenizer's vocabulary size).
 """
 
 from __future__ import annotations
@@ -46,6 +47,26 @@ def _as_config_error(key: str, cause: BaseException) -> AttentionLabError:
     return ConfigError(f"{key}: {message} (check the `{key}` settings)")
 
 
+# Model settings that only the data can know (the tokenizer decides the vocabulary sizes). A model
+# config leaves them null and ``fill_model_settings_from_data`` fills them in.
+DATA_DECIDED_MODEL_KEYS = ("src_vocab_size", "tgt_vocab_size", "max_len")
+
+
+def fill_model_settings_from_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Set each of the ``DATA_DECIDED_MODEL_KEYS`` that ``cfg.model`` leaves null to the data
+    module's attribute of that name (read after ``prepare_data``), so that the model is built
+    with, and the loggers record, the values the data decided."""
+    for key in DATA_DECIDED_MODEL_KEYS:
+        if key not in cfg.model or cfg.model[key] is not None:
+            continue
+        if not hasattr(datamodule, key):
+            raise ConfigError(
+                f"model.{key} is null, to be taken from the data, but data "
+                f"{cfg.data._target_} has no {key}; set model.{key}=... or choose other data"
+            )
+        cfg.model[key] = getattr(datamodule, key)
+
+
 def count_parameters(module: Any) -> int:
     """Trainable parameters of an ``nn.Module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -75,10 +96,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    net = instantiate_setting(cfg.model, "model")
-    task = instantiate_setting(cfg.task, "task", net=net)
     datamodule = instantiate_setting(cfg.data, "data")
     datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
+    fill_model_settings_from_data(cfg, datamodule)
+    net = instantiate_setting(cfg.model, "model")
+    task = instantiate_setting(cfg.task, "task", net=net)
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate_setting(
