@@ -1,0 +1,233 @@
+"""The seq2seq transformer: masks that leak nothing, decoding, learning, training, translating."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from attention_lab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from attention_lab.errors import ConfigError
+from attention_lab.models import Seq2SeqTransformer
+from attention_lab.models.decoding import beam_search, greedy_decode
+from attention_lab.nn.blocks import DecoderBlock, keep_attention_weights
+from attention_lab.training import METRICS_FILE, train
+from attention_lab.translate import load_translator
+from tests.conftest import REPO_ROOT, ComposeFn
+
+KINDS = ["scratch", "torch"]
+SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 2, "d_ff": 32, "dropout": 0.0, "max_len": 32}
+
+
+def _model(attention: str = "scratch", vocab: int = 20, **kwargs) -> Seq2SeqTransformer:
+    settings = {**SMALL, "src_vocab_size": vocab, "tgt_vocab_size": vocab, **kwargs}
+    return Seq2SeqTransformer(**settings, attention=attention).eval()
+
+
+def _random_ids(batch: int, length: int, vocab: int = 20) -> torch.Tensor:
+    return torch.randint(4, vocab, (batch, length))  # real tokens: no <pad>, <bos>, <eos>
+
+
+@pytest.mark.parametrize("attention", KINDS)
+def test_causal_mask_leaks_nothing(attention: str) -> None:
+    torch.manual_seed(0)
+    model = _model(attention)
+    src, tgt = _random_ids(3, 7), _random_ids(3, 9)
+    changed = tgt.clone()
+    t = 5
+    changed[:, t] = (tgt[:, t] - 4 + 1) % 16 + 4  # another real token
+    before, after = model(src, tgt), model(src, changed)  # (B, T, V)
+    torch.testing.assert_close(before[:, :t], after[:, :t], atol=1e-6, rtol=0)
+    assert not torch.allclose(before[:, t:], after[:, t:], atol=1e-4)
+
+
+@pytest.mark.parametrize("attention", KINDS)
+def test_source_padding_changes_nothing(attention: str) -> None:
+    torch.manual_seed(0)
+    model = _model(attention)
+    src, tgt = _random_ids(3, 7), _random_ids(3, 9)
+    src[1, 4:] = PAD_ID  # a shorter sentence in the batch
+    padded = torch.cat([src, torch.full((3, 5), PAD_ID)], dim=1)  # (B, S + 5)
+    torch.testing.assert_close(model(src, tgt), model(padded, tgt), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_scratch_and_torch_models_compute_the_same_function(norm_first: bool) -> None:
+    torch.manual_seed(0)
+    scratch = _model("scratch", norm_first=norm_first)
+    reference = _model("torch", norm_first=norm_first)
+    reference.load_state_dict(scratch.state_dict())
+    src, tgt = _random_ids(4, 6), _random_ids(4, 8)
+    src[0, 3:], tgt[2, 5:] = PAD_ID, PAD_ID
+    out = scratch(src, tgt)
+    torch.testing.assert_close(out, reference(src, tgt), atol=1e-5, rtol=0)
+
+
+def test_decoder_blocks_keep_cross_attention_only_when_asked() -> None:
+    model = _model()
+    src, tgt = _random_ids(2, 6), _random_ids(2, 4)
+    src[0, 4:] = PAD_ID
+    model(src, tgt)
+    decoders = [b for b in model.modules() if isinstance(b, DecoderBlock)]
+    assert all(b.cross_attention_weights is None for b in decoders)
+    with keep_attention_weights(model) as blocks:
+        model(src, tgt)
+        assert len(blocks) == 4 and blocks[2:] == decoders  # encoder blocks first
+        cross = decoders[0].cross_attention_weights  # (B, H, T, S)
+        causal = decoders[0].self_attention_weights  # (B, H, T, T)
+    assert cross.shape == (2, 2, 4, 6) and causal.shape == (2, 2, 4, 4)
+    torch.testing.assert_close(cross.sum(-1), torch.ones(2, 2, 4))
+    assert (cross[0, :, :, 4:] == 0).all()  # no attention to source padding
+    assert (causal.triu(diagonal=1) == 0).all()  # none to later target positions
+    assert all(b.cross_attention_weights is None and not b.keep_attention for b in decoders)
+
+
+def test_output_projection_is_tied_to_the_target_embedding() -> None:
+    tied, untied = _model(tie_embeddings=True), _model(tie_embeddings=False)
+    assert tied.to_logits.weight is tied.tgt_embedding.weight
+    assert untied.to_logits.weight is not untied.tgt_embedding.weight
+    assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in untied.parameters())
+
+
+def test_beam_search_of_width_one_is_greedy_decoding() -> None:
+    torch.manual_seed(0)
+    model = _model(vocab=12)
+    src = _random_ids(6, 5, vocab=12)
+    settings = {"bos_id": BOS_ID, "eos_id": EOS_ID, "max_len": 10}
+    greedy = greedy_decode(model, src, **settings)
+    assert greedy == beam_search(model, src, beam_size=1, length_penalty=0.6, **settings)
+    assert all(len(ids) <= 10 and EOS_ID not in ids for ids in greedy)
+
+
+def test_beam_size_below_one_is_an_error() -> None:
+    with pytest.raises(ValueError, match="beam_size=0 must be at least 1"):
+        beam_search(_model(), _random_ids(1, 3), bos_id=1, eos_id=2, max_len=5, beam_size=0)
+
+
+def _reversal_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source: 3 to 7 digits (ids 4..13) then <eos>; target: <bos>, the digits reversed, <eos>."""
+    src = torch.full((batch, 8), PAD_ID)
+    tgt = torch.full((batch, 9), PAD_ID)
+    lengths = torch.randint(3, 8, (batch,), generator=generator)
+    for row, n in enumerate(lengths.tolist()):
+        digits = torch.randint(4, 14, (n,), generator=generator)
+        src[row, : n + 1] = torch.cat([digits, torch.tensor([EOS_ID])])
+        reversed_digits = [BOS_ID, *digits.flip(0).tolist(), EOS_ID]
+        tgt[row, : n + 2] = torch.tensor(reversed_digits)
+    return src, tgt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", KINDS)
+def test_the_model_learns_to_reverse_digits(attention: str) -> None:
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(
+        src_vocab_size=14,
+        tgt_vocab_size=14,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_len=16,
+        attention=attention,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        src, tgt = _reversal_batch(64, generator)
+        logits = model(src, tgt[:, :-1])  # (B, T-1, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD_ID)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.eval()
+    src, tgt = _reversal_batch(200, torch.Generator().manual_seed(1))
+    expected = [[i for i in row if i not in (PAD_ID, BOS_ID, EOS_ID)] for row in tgt.tolist()]
+    settings = {"bos_id": BOS_ID, "eos_id": EOS_ID, "max_len": 10}
+    greedy = greedy_decode(model, src, **settings)
+    beam = beam_search(model, src, beam_size=4, length_penalty=0.6, **settings)
+    exact = sum(g == e for g, e in zip(greedy, expected, strict=True)) / len(expected)
+    agree = sum(g == b for g, b in zip(greedy, beam, strict=True)) / len(expected)
+    assert exact >= 0.95, f"greedy exact match {exact:.2f}"
+    assert agree >= 0.95, f"greedy and beam agree on {agree:.2f}"
+
+
+def _tiny_run(*extra: str) -> list[str]:
+    return [
+        "experiment=multi30k_transformer",
+        "model.d_model=32",
+        "model.n_heads=4",
+        "model.n_layers=1",
+        "model.d_ff=64",
+        "data.vocab_size=200",
+        "data.batch_size=32",
+        "task.beam_size=2",
+        "task.max_extra_len=5",
+        *extra,
+    ]
+
+
+def test_training_logs_translation_metrics_and_the_checkpoint_translates(
+    compose_config: ComposeFn, tiny_multi30k: Path
+) -> None:
+    overrides = _tiny_run("debug=smoke", "logger=csv")
+    cfg = compose_config(*overrides, data_dir=tiny_multi30k)
+    metrics = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert json.loads((run_dir / METRICS_FILE).read_text()) == metrics
+    assert metrics["monitor"] == "val/bleu"
+    assert {"test/loss", "test/ppl", "test/bleu", "test/bleu_lc"} <= set(metrics["test"])
+    assert metrics["test"]["test/ppl"] > 1.0
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss_step", "val/loss", "val/ppl", "val/bleu", "val/bleu_lc"} <= set(header)
+
+    # python train.py has Hydra write the run config, which the translate entry reads.
+    (run_dir / ".hydra").mkdir()
+    run_config = compose_config(*overrides, data_dir=tiny_multi30k)
+    OmegaConf.save(run_config, run_dir / ".hydra" / "config.yaml")
+    translator = load_translator(metrics["best_checkpoint"], decoding="greedy")
+    assert translator.model.to_logits.weight.shape[0] == translator.tgt_tokenizer.vocab_size
+    (translation,) = translator(["Ein Hund läuft im Park."])
+    assert isinstance(translation, str)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "attention_lab.translate", f"ckpt={metrics['best_checkpoint']}",
+         "beam_size=2", "Ein Hund läuft im Park.", "Eine Frau sitzt am Strand."],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.attention=flash"], "model.attention='flash' is not a known attention kind"),
+        (["data.tokenizer=wordpiece"], "data.tokenizer='wordpiece' is not a known tokenizer"),
+        (["task.beam_size=0"], "task.beam_size=0 must be at least 1"),
+        (["task.val_decoding=sample"], "task.val_decoding='sample' is not a known decoding"),
+    ],
+)
+def test_bad_translation_settings_are_reported_before_training(
+    compose_config: ComposeFn, tiny_multi30k: Path, overrides: list[str], message: str
+) -> None:
+    cfg = compose_config(*_tiny_run(*overrides, "logger=none"), data_dir=tiny_multi30k)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
+
+def test_translate_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "attention_lab.translate", f"ckpt={tmp_path / 'no.ckpt'}", "Hallo."],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "ckpt=" in result.stderr and "is not a file" in result.stderr
