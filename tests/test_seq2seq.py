@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from attention_lab.data.multi30k import Multi30kDataModule
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from attention_lab.errors import ConfigError
 from attention_lab.models import Seq2SeqTransformer
 from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.nn.blocks import DecoderBlock, keep_attention_weights
+from attention_lab.tasks import TranslationTask
 from attention_lab.training import METRICS_FILE, train
 from attention_lab.translate import load_translator
 from tests.conftest import REPO_ROOT, ComposeFn
@@ -205,6 +209,33 @@ def test_training_logs_translation_metrics_and_the_checkpoint_translates(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2
+
+
+def test_the_task_labels_cross_attention_for_alignment_maps(tiny_multi30k: Path) -> None:
+    datamodule = Multi30kDataModule(data_dir=str(tiny_multi30k), vocab_size=200)
+    datamodule.prepare_data()
+    net = _model(vocab=datamodule.src_vocab_size, n_layers=2)
+    task = TranslationTask(net, optimizer=partial(torch.optim.AdamW), n_samples=2)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (results,) = trainer.validate(task, datamodule=datamodule)
+    assert {"val/loss", "val/ppl", "val/bleu", "val/bleu_lc"} <= set(results)
+    assert len(task.samples) == 2  # (source, reference, hypothesis) rows for the W&B table
+
+    batch = next(iter(datamodule.val_dataloader()))
+    maps = task.labelled_attention([part[:3] for part in batch])
+    names = [name for name, *_ in maps]
+    assert names == [
+        "encoder/layer0",
+        "encoder/layer1",
+        "decoder/layer0/self",
+        "decoder/layer0/cross",
+        "decoder/layer1/self",
+        "decoder/layer1/cross",
+    ]
+    _, cross, queries, keys = maps[3]
+    assert cross.shape == (3, 2, batch.tgt.size(1) - 1, batch.src.size(1))
+    assert queries[0][0] == "<bos>" and keys[0][-1] in ("<eos>", "<pad>")
+    assert len(queries[0]) == cross.size(2) and len(keys[0]) == cross.size(3)
 
 
 @pytest.mark.parametrize(

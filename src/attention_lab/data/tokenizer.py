@@ -103,6 +103,10 @@ class SubwordTokenizer:
         """The subword strings of ``text``, for inspection and attention-map labels."""
         return self.tokenizer.encode(text, add_special_tokens=False).tokens
 
+    def id_to_piece(self, ids: Sequence[int]) -> list[str]:
+        """The subword string of each id, special tokens included: labels for attention maps."""
+        return [self.tokenizer.id_to_token(i) for i in ids]
+
     def to_str(self) -> str:
         """The tokenizer as a JSON string."""
         return self.tokenizer.to_str()

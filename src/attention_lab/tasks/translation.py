@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ from attention_lab.data.multi30k import TranslationBatch
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
 from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.models.seq2seq import Seq2SeqTransformer
+from attention_lab.nn.blocks import DecoderBlock, EncoderBlock, keep_attention_weights
 from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,34 @@ class TranslationTask(L.LightningModule):
         if limit is None:
             return len(batch.src_text)
         return int(max(0, min(len(batch.src_text), limit - self.decoded)))
+
+    def labelled_attention(
+        self, batch: TranslationBatch | Sequence
+    ) -> list[tuple[str, Tensor, list[list[str]], list[list[str]]]]:
+        """Every attention module's weights in a teacher-forced pass over ``batch``, labelled.
+
+        ``batch``: a ``TranslationBatch`` or its fields in order (src, tgt, ...). Returns, for
+        each encoder layer, then each decoder layer's self- and cross-attention, a tuple
+        (name, weights (N, H, T, S), query labels, key labels): "encoder/layer{i}" (source over
+        source), "decoder/layer{i}/self" (target over target), "decoder/layer{i}/cross" (target
+        over source: the alignment). Labels are subword pieces, <pad> included. These are the
+        fields of an attention-map callback's map of one module.
+        """
+        src, tgt_in = batch[0], batch[1][:, :-1]  # (N, S), (N, T)
+        src_pieces = [self.trainer.datamodule.src_tokenizer.id_to_piece(r) for r in src.tolist()]
+        tgt_pieces = [self.tgt_tokenizer.id_to_piece(r) for r in tgt_in.tolist()]
+        maps = []
+        with keep_attention_weights(self.net) as blocks:  # the weights are dropped on exit
+            self.net(src, tgt_in)
+            for i, block in enumerate(b for b in blocks if isinstance(b, EncoderBlock)):
+                maps.append((f"encoder/layer{i}", block.attention_weights, src_pieces, src_pieces))
+            for i, block in enumerate(b for b in blocks if isinstance(b, DecoderBlock)):
+                name = f"decoder/layer{i}"
+                maps += [
+                    (f"{name}/self", block.self_attention_weights, tgt_pieces, tgt_pieces),
+                    (f"{name}/cross", block.cross_attention_weights, tgt_pieces, src_pieces),
+                ]
+        return maps
 
     @property
     def tgt_tokenizer(self) -> SubwordTokenizer:
