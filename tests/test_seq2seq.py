@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from functools import partial
@@ -12,7 +13,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from attention_lab.data.multi30k import Multi30kDataModule
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -24,6 +24,7 @@ from attention_lab.tasks import TranslationTask
 from attention_lab.training import METRICS_FILE, train
 from attention_lab.translate import load_translator
 from tests.conftest import REPO_ROOT, ComposeFn
+from tests.wandb_records import read_offline_run
 
 KINDS = ["scratch", "torch"]
 SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 2, "d_ff": 32, "dropout": 0.0, "max_len": 32}
@@ -179,36 +180,45 @@ def _tiny_run(*extra: str) -> list[str]:
     ]
 
 
-def test_training_logs_translation_metrics_and_the_checkpoint_translates(
-    compose_config: ComposeFn, tiny_multi30k: Path
+def _run(args: list[str], home: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    """A command as a user runs it, without W&B credentials or network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(DATA_DIR=str(data_dir), HOME=str(home), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_train_py_logs_translation_metrics_and_its_checkpoint_translates(
+    tmp_path: Path, tiny_multi30k: Path
 ) -> None:
-    overrides = _tiny_run("debug=smoke", "logger=csv")
-    cfg = compose_config(*overrides, data_dir=tiny_multi30k)
-    metrics = train(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    assert json.loads((run_dir / METRICS_FILE).read_text()) == metrics
+    run_dir = tmp_path / "run"
+    result = _run(
+        ["train.py", *_tiny_run("debug=smoke"), f"hydra.run.dir={run_dir}"], tmp_path, tiny_multi30k
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
     assert metrics["monitor"] == "val/bleu"
     assert {"test/loss", "test/ppl", "test/bleu", "test/bleu_lc"} <= set(metrics["test"])
     assert metrics["test"]["test/ppl"] > 1.0
-    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss_step", "val/loss", "val/ppl", "val/bleu", "val/bleu_lc"} <= set(header)
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    logged = read_offline_run(offline_run)
+    assert logged["config"]["model"]["src_vocab_size"] > 4  # filled in from the tokenizer
+    history = {key: value for row in logged["history"] for key, value in row.items()}
+    assert {"train/loss_step", "val/loss", "val/ppl", "val/bleu", "val/bleu_lc"} <= set(history)
+    assert history["val/samples/_type"] == "table-file"
+    table = json.loads((offline_run / "files" / history["val/samples/path"]).read_text())
+    assert table["columns"] == ["source", "reference", "hypothesis"] and len(table["data"]) == 8
 
-    # python train.py has Hydra write the run config, which the translate entry reads.
-    (run_dir / ".hydra").mkdir()
-    run_config = compose_config(*overrides, data_dir=tiny_multi30k)
-    OmegaConf.save(run_config, run_dir / ".hydra" / "config.yaml")
-    translator = load_translator(metrics["best_checkpoint"], decoding="greedy")
-    assert translator.model.to_logits.weight.shape[0] == translator.tgt_tokenizer.vocab_size
-    (translation,) = translator(["Ein Hund läuft im Park."])
-    assert isinstance(translation, str)
-
-    result = subprocess.run(
-        [sys.executable, "-m", "attention_lab.translate", f"ckpt={metrics['best_checkpoint']}",
-         "beam_size=2", "Ein Hund läuft im Park.", "Eine Frau sitzt am Strand."],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    # The checkpoint holds the tokenizers, the run's config the model settings: no data needed.
+    ckpt = metrics["best_checkpoint"]
+    sentences = ["Ein Hund läuft im Park.", "Eine Frau sitzt am Strand."]
+    result = _run(["-m", "attention_lab.translate", f"ckpt={ckpt}", *sentences], tmp_path, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 2
+    translator = load_translator(ckpt)  # beam search of width 2, as the run tested
+    assert translator.beam_size == 2
+    assert translator(sentences) == result.stdout.splitlines()
 
 
 def test_the_task_labels_cross_attention_for_alignment_maps(tiny_multi30k: Path) -> None:
