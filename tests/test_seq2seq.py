@@ -74,6 +74,24 @@ def test_scratch_and_torch_models_compute_the_same_function(norm_first: bool) ->
     torch.testing.assert_close(out, reference(src, tgt), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attention", KINDS)
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_one_step_at_a_time_decoding_matches_the_full_decoder(
+    attention: str, norm_first: bool
+) -> None:
+    torch.manual_seed(0)
+    model = _model(attention, norm_first=norm_first)
+    src, tgt = _random_ids(3, 6), _random_ids(3, 7)
+    src[2, 4:], tgt[1, 5:] = PAD_ID, PAD_ID  # a finished sentence is continued with padding
+    memory, src_padding = model.encode(src)
+    full = model.decode(tgt, memory, src_padding)  # (B, T, V)
+    cache = None
+    for t in range(1, tgt.size(1) + 1):
+        logits, cache = model.decode_step(tgt[:, :t], memory, src_padding, cache)  # (B, V)
+        torch.testing.assert_close(logits, full[:, t - 1], atol=1e-5, rtol=0)
+    assert len(cache) == 2 and cache[0].shape == (3, 7, 16)
+
+
 def test_decoder_blocks_keep_cross_attention_only_when_asked() -> None:
     model = _model()
     src, tgt = _random_ids(2, 6), _random_ids(2, 4)

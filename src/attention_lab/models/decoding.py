@@ -1,10 +1,10 @@
 """Turning a trained ``Seq2SeqTransformer`` into translations: greedy decoding and beam search.
 
 Both work on a batch of source sentences and return, per sentence, the generated token ids
-without the start and end tokens. Each step runs the decoder over the whole prefix again (no
-key/value cache): simple, and cheap enough for Multi30k's short sentences. ``max_len`` counts
-generated tokens, the end token included, and is capped so that positions stay within the
-model's ``max_len``.
+without the start and end tokens. The source is encoded once; each step computes only the
+newest target position (``Seq2SeqTransformer.decode_step``, which keeps the decoder blocks'
+inputs of earlier positions). ``max_len`` counts generated tokens, the end token included, and
+is capped so that positions stay within the model's ``max_len``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def greedy_decode(
     memory, src_padding = model.encode(src)  # (B, S, E), (B, S)
     tokens = src.new_full((src.size(0), 1), bos_id)  # (B, 1)
     finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
+    cache = None
     for _ in range(max_len):
-        logits = model.decode(tokens, memory, src_padding)[:, -1]  # (B, V)
+        logits, cache = model.decode_step(tokens, memory, src_padding, cache)  # (B, V)
         next_token = logits.argmax(dim=-1).masked_fill(finished, model.pad_id)  # (B,)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, t + 1)
         finished |= next_token == eos_id
@@ -91,10 +92,12 @@ def beam_search(
     best: list[list[int]] = [[] for _ in range(batch)]
     n_finished = torch.zeros(batch, dtype=torch.long, device=src.device)  # (B,)
     first_row = torch.arange(batch, device=src.device)[:, None] * k  # (B, 1)
+    cache = None
 
     for step in range(max_len):
-        log_probs = model.decode(tokens, memory, src_padding)[:, -1].log_softmax(dim=-1)
-        vocab = log_probs.size(-1)  # log_probs: (B*K, V)
+        logits, cache = model.decode_step(tokens, memory, src_padding, cache)  # (B*K, V)
+        log_probs = logits.log_softmax(dim=-1)
+        vocab = log_probs.size(-1)
         candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)  # (B, K*V)
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)  # (B, 2K)
         top_beam, top_token = top_index // vocab, top_index % vocab  # (B, 2K), (B, 2K)
@@ -119,6 +122,7 @@ def beam_search(
         rows = (first_row + top_beam.gather(1, pick)).view(-1)  # (B*K,)
         next_token = top_token.gather(1, pick).view(-1, 1)  # (B*K, 1)
         tokens = torch.cat([tokens[rows], next_token], dim=1)  # (B*K, t + 1)
+        cache = [inputs[rows] for inputs in cache]  # each (B*K, t, E), following its beam
     else:
         # Out of steps: the unfinished prefixes of sentences that are not done compete too.
         normalised = scores / length_penalty_factor(max_len, length_penalty)  # (B, K)

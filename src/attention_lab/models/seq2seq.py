@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from attention_lab.nn.attention import causal_mask
@@ -120,6 +121,43 @@ class Seq2SeqTransformer(nn.Module):
                 memory_key_padding_mask=src_padding,
             )  # (B, T, E)
         return self.to_logits(self.decoder_norm(x))  # (B, T, V_tgt)
+
+    def decode_step(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_padding: Tensor,
+        cache: list[Tensor] | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Logits for the token after the last of ``tgt``, computing that position only.
+
+        The same numbers as ``decode(tgt, memory, src_padding)[:, -1]`` for generation, one
+        token at a time: each decoder block gets the newest position as its input and the
+        inputs of the earlier positions, kept in ``cache``, as the keys and values of its
+        self-attention, so earlier positions are not run through the blocks again.
+        tgt: (B, T) ids; cache: per decoder block (B, T-1, E), as returned by the previous
+        call (None for the first token). Returns logits (B, V_tgt) and the cache for the next.
+        """
+        cached = 0 if cache is None else cache[0].size(1)
+        if cached != tgt.size(1) - 1:
+            raise ValueError(
+                f"decode_step needs the cache of the {tgt.size(1) - 1} earlier positions of tgt, "
+                f"got {cached}: start from one token and feed each returned cache back"
+            )
+        tgt_padding = tgt == self.pad_id  # (B, T)
+        x = self.tgt_positional(self.tgt_embedding(tgt) * self.embed_scale)[:, -1:]  # (B, 1, E)
+        new_cache = []
+        for i, block in enumerate(self.decoder):
+            context = x if cache is None else torch.cat([cache[i], x], dim=1)  # (B, T, E)
+            new_cache.append(context)
+            x = block(
+                x,
+                memory,
+                tgt_key_padding_mask=tgt_padding,
+                memory_key_padding_mask=src_padding,
+                context=context,
+            )  # (B, 1, E)
+        return self.to_logits(self.decoder_norm(x))[:, 0], new_cache  # (B, V_tgt)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """src: (B, S), tgt: (B, T) token ids -> next-token logits (B, T, V_tgt)."""

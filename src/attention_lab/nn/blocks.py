@@ -151,33 +151,45 @@ class DecoderBlock(nn.Module):
         self_attn_mask: Tensor | None = None,
         tgt_key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """x: (B, T, E), memory (the encoder output): (B, S, E) -> (B, T, E).
 
         Masks in ``nn.MultiheadAttention``'s convention (True = ignore): ``self_attn_mask``
         (T, T), the causal mask ``~causal_mask(T)``; ``tgt_key_padding_mask`` (B, T) and
         ``memory_key_padding_mask`` (B, S), True = padding.
+
+        ``context`` serves incremental decoding: the block's inputs at all target positions so
+        far (B, T_ctx, E), ending with x's. Self-attention then takes its keys and values from
+        the context, and only x's positions are computed; the masks are (T, T_ctx) and
+        (B, T_ctx), and a single newest position needs no causal mask.
         """
         if self.norm_first:
-            x = x + self._self_attention(self.norm1(x), self_attn_mask, tgt_key_padding_mask)
+            keys = None if context is None else self.norm1(context)
+            x = x + self._self_attention(self.norm1(x), keys, self_attn_mask, tgt_key_padding_mask)
             x = x + self._cross_attention(self.norm2(x), memory, memory_key_padding_mask)
             return x + self.dropout(self.ff(self.norm3(x)))
-        x = self.norm1(x + self._self_attention(x, self_attn_mask, tgt_key_padding_mask))
+        x = self.norm1(x + self._self_attention(x, context, self_attn_mask, tgt_key_padding_mask))
         x = self.norm2(x + self._cross_attention(x, memory, memory_key_padding_mask))
         return self.norm3(x + self.dropout(self.ff(x)))
 
     def _self_attention(
-        self, x: Tensor, attn_mask: Tensor | None, key_padding_mask: Tensor | None
+        self,
+        x: Tensor,
+        keys: Tensor | None,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
     ) -> Tensor:
+        keys = x if keys is None else keys  # x itself keeps one fused q/k/v projection
         out, weights = self.self_attn(
             x,
-            x,
-            x,
+            keys,
+            keys,
             key_padding_mask=key_padding_mask,
             attn_mask=attn_mask,
             need_weights=self.keep_attention,
             average_attn_weights=False,
-        )  # (B, T, E), (B, H, T, T) or None
+        )  # (B, T, E), (B, H, T, T_ctx) or None
         if self.keep_attention:
             self.self_attention_weights = weights.detach()
         return self.dropout(out)

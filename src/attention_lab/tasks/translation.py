@@ -233,7 +233,7 @@ class TranslationTask(L.LightningModule):
         if not self.samples:
             return
         for source, reference, hypothesis in self.samples[:2]:
-            log.info("%s\n  reference:  %s\n  hypothesis: %s", source, reference, hypothesis)
+            log.info("source: %s\nreference: %s\nhypothesis: %s", source, reference, hypothesis)
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_table(key="val/samples", columns=SAMPLE_COLUMNS, data=self.samples)
