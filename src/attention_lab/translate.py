@@ -13,6 +13,7 @@ The tokenizers are read from the checkpoint, so no data is needed.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,8 @@ from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.models.seq2seq import Seq2SeqTransformer
 from attention_lab.tasks.translation import DECODINGS, TOKENIZERS_KEY
 from attention_lab.training import fill_model_settings_from_data, instantiate_setting
+
+log = logging.getLogger(__name__)
 
 SETTINGS = ("ckpt", "config", "decoding", "beam_size", "length_penalty", "max_extra_len")
 
@@ -61,7 +64,7 @@ class Translator:
 
     def __call__(self, sentences: list[str], batch_size: int = 64) -> list[str]:
         """Detokenised translations, one per sentence (sources longer than the model's
-        ``max_len`` are cut to fit)."""
+        ``max_len`` are cut to fit, with a logged warning)."""
         translations = []
         for start in range(0, len(sentences), batch_size):
             translations += self._translate_batch(sentences[start : start + batch_size])
@@ -69,7 +72,10 @@ class Translator:
 
     def _translate_batch(self, sentences: list[str]) -> list[str]:
         keep = self.model.max_len - 1  # room for <eos>
-        ids = [[*p[:keep], EOS_ID] for p in self.src_tokenizer.encode_batch(sentences)]
+        pieces = self.src_tokenizer.encode_batch(sentences)
+        if too_long := sum(len(p) > keep for p in pieces):
+            log.warning("%d sentences cut to the model's %d source tokens", too_long, keep)
+        ids = [[*p[:keep], EOS_ID] for p in pieces]
         src = torch.nn.utils.rnn.pad_sequence(
             [torch.tensor(i) for i in ids], batch_first=True, padding_value=self.model.pad_id
         )  # (B, S)
