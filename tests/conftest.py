@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny MNIST-format data written by the tests, and config composition.
+"""Shared fixtures: tiny MNIST-format and Multi30k-format data written by the tests, and config
+composition.
 
 No test here needs the network or ../shared/data; tests marked ``integration`` use the real
 data sets when DATA_DIR (or ../shared/data) has them and are skipped otherwise.
@@ -6,7 +7,9 @@ data sets when DATA_DIR (or ../shared/data) has them and are skipped otherwise.
 
 from __future__ import annotations
 
+import gzip
 import os
+import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +74,65 @@ def learnable_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_mnist(tmp_path_factory.mktemp("data_learn"), n_train=2048, n_test=512)
 
 
+# Caption-like German/English phrase pairs; their combinations make a tiny parallel corpus.
+SUBJECTS = [
+    ("Ein Mann", "A man"),
+    ("Eine Frau", "A woman"),
+    ("Ein Kind", "A child"),
+    ("Ein Hund", "A dog"),
+    ("Ein Mädchen", "A girl"),
+    ("Zwei Jungen", "Two boys"),
+]
+VERBS = [("läuft", "runs"), ("sitzt", "sits"), ("spielt", "plays"), ("wartet", "waits")]
+PLACES = [
+    ("im Park", "in the park"),
+    ("auf der Straße", "on the street"),
+    ("am Strand", "on the beach"),
+    ("im Schnee", "in the snow"),
+    ("vor dem Haus", "in front of the house"),
+]
+
+
+def phrase_pairs(seed: int = 0) -> list[tuple[str, str]]:
+    """All 120 (German, English) sentences of ``SUBJECTS`` x ``VERBS`` x ``PLACES``, shuffled.
+
+    "Zwei Jungen" takes the plural verb in neither language: good enough for a tokenizer.
+    """
+    pairs = [
+        (f"{de_s} {de_v} {de_p}.", f"{en_s} {en_v} {en_p}.")
+        for de_s, en_s in SUBJECTS
+        for de_v, en_v in VERBS
+        for de_p, en_p in PLACES
+    ]
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
+def write_gzip_lines(path: Path, lines: list[str]) -> None:
+    """One line per string, gzip-compressed, as the Multi30k files are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as file:
+        file.writelines(line + "\n" for line in lines)
+
+
+def make_tiny_multi30k(root: Path, sizes: tuple[int, int, int] = (88, 16, 16)) -> Path:
+    """Write train/val/test_2016_flickr .de.gz and .en.gz under ``root/multi30k``; returns root."""
+    pairs = phrase_pairs()
+    start = 0
+    for name, size in zip(("train", "val", "test_2016_flickr"), sizes, strict=True):
+        chunk = pairs[start : start + size]
+        start += size
+        write_gzip_lines(root / "multi30k" / f"{name}.de.gz", [de for de, _ in chunk])
+        write_gzip_lines(root / "multi30k" / f"{name}.en.gz", [en for _, en in chunk])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_multi30k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir whose multi30k/ holds 88 / 16 / 16 phrase pairs (``phrase_pairs``)."""
+    return make_tiny_multi30k(tmp_path_factory.mktemp("data_multi30k"))
+
+
 ComposeFn = Callable[..., DictConfig]
 
 
@@ -94,7 +156,8 @@ def compose_config(tmp_path: Path) -> ComposeFn:
     return _compose
 
 
-def real_data_dir() -> Path | None:
-    """The folder holding the real data sets (DATA_DIR, else ../shared/data), if present."""
+def real_data_dir(dataset: str = "MNIST/raw") -> Path | None:
+    """The folder holding the real data sets (DATA_DIR, else ../shared/data), if it has
+    ``dataset`` (a subfolder: "MNIST/raw", "multi30k")."""
     candidate = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-    return candidate if (candidate / "MNIST" / "raw").is_dir() else None
+    return candidate if (candidate / dataset).is_dir() else None

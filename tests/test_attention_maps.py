@@ -140,3 +140,25 @@ def test_too_few_validation_samples_is_a_clear_error(
     )
     with pytest.raises(ConfigError, match=r"callbacks\.attention_maps\.num_samples=64"):
         train(cfg)
+
+
+@pytest.mark.parametrize("attention", ["scratch", "torch"])
+def test_callback_draws_translation_alignments(
+    compose_config: ComposeFn, tiny_multi30k: Path, attention: str
+) -> None:
+    cfg = compose_config(
+        "experiment=multi30k_transformer",
+        f"model.attention={attention}",
+        "model.n_layers=1",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "model.d_ff=64",
+        "data.vocab_size=200",
+        "debug=fast_dev_run",
+        "logger=none",
+        data_dir=tiny_multi30k,
+    )
+    train(cfg)
+    names = _pngs(Path(cfg.paths.output_dir), "test")
+    for module in ("encoder_layer0", "decoder_layer0_self", "decoder_layer0_cross"):
+        assert f"{module}_sample0.png" in names and f"{module}_sample1.png" in names

@@ -17,6 +17,10 @@ class DataNotFoundError(AttentionLabError, RuntimeError):
     """Data files missing and not downloadable; the message names the folder and the setting."""
 
 
+class DataFormatError(AttentionLabError, ValueError):
+    """Data files that exist but cannot be used (empty, mismatched); the message names them."""
+
+
 class NonFiniteLossError(AttentionLabError, ArithmeticError):
     """A loss became NaN or infinite; the message names the metric, epoch and step."""
 

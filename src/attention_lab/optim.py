@@ -55,3 +55,20 @@ def warmup_cosine(
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def optimizers_for(
+    model: nn.Module,
+    optimizer_factory: OptimizerFactory,
+    scheduler_factory: SchedulerFactory | None,
+    *,
+    total_steps: int,
+) -> dict:
+    """What ``LightningModule.configure_optimizers`` returns: the optimiser over
+    ``decay_groups`` (with the factory's weight decay), and the scheduler stepped every step."""
+    weight_decay = getattr(optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+    optimizer = optimizer_factory(params=decay_groups(model, weight_decay))
+    if scheduler_factory is None:
+        return {"optimizer": optimizer}
+    scheduler = scheduler_factory(optimizer, total_steps=total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

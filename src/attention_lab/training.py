@@ -1,9 +1,10 @@
 """One training run from a composed config: build, fit, test the best checkpoint, write metrics.
 
 ``train.py`` is the command-line entry (it adds Hydra's decorator); tests call ``train`` with a
-config they compose themselves. The config is validated before anything is built, the checkpoint
-to resume from is checked against the model before any data is read, and data files are checked
-before the first logger or trainer exists, so a bad setting costs nothing.
+config they compose themselves. The config is validated before anything is built; the data
+module comes first, because it decides some model settings (a tokenizer's vocabulary size), and
+checks its files before the first logger or trainer exists; the checkpoint to resume from is
+checked against the model before training. A bad setting costs nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +59,26 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     (run_dir / FAILURE_FILE).write_text(json.dumps({"error": message}, indent=2) + "\n")
 
 
+# Model settings that only the data can know (the tokenizer decides the vocabulary sizes). A model
+# config leaves them null and ``fill_model_settings_from_data`` fills them in.
+DATA_DECIDED_MODEL_KEYS = ("src_vocab_size", "tgt_vocab_size", "max_len")
+
+
+def fill_model_settings_from_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Set each of the ``DATA_DECIDED_MODEL_KEYS`` that ``cfg.model`` leaves null to the data
+    module's attribute of that name (read after ``prepare_data``), so that the model is built
+    with, and the loggers record, the values the data decided."""
+    for key in DATA_DECIDED_MODEL_KEYS:
+        if key not in cfg.model or cfg.model[key] is not None:
+            continue
+        if not hasattr(datamodule, key):
+            raise ConfigError(
+                f"model.{key} is null, to be taken from the data, but data "
+                f"{cfg.data._target_} has no {key}; set model.{key}=... or choose other data"
+            )
+        cfg.model[key] = getattr(datamodule, key)
+
+
 def count_parameters(module: Any) -> int:
     """Trainable parameters of an ``nn.Module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -102,6 +123,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.checkpoint_dir)
     L.seed_everything(cfg.seed, workers=True)
 
+    datamodule = instantiate_setting(cfg.data, "data")
+    datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
+    fill_model_settings_from_data(cfg, datamodule)
     net = build_model(cfg)
     task = instantiate_setting(cfg.task, "task", net=net)
     if ckpt_path is not None:
@@ -114,8 +138,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             resumed.get("global_step"),
         )
         del resumed  # Lightning reads the file again; do not hold two copies
-    datamodule = instantiate_setting(cfg.data, "data")
-    datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate_setting(

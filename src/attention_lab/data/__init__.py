@@ -1,5 +1,6 @@
 """LightningDataModules; they know nothing of models."""
 
 from attention_lab.data.mnist import MNISTDataModule
+from attention_lab.data.multi30k import Multi30kDataModule
 
-__all__ = ["MNISTDataModule"]
+__all__ = ["MNISTDataModule", "Multi30kDataModule"]

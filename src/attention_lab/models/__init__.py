@@ -1,6 +1,7 @@
 """Pure ``nn.Module`` models; none of them imports Lightning."""
 
 from attention_lab.models.encoder_classifier import EncoderClassifier
+from attention_lab.models.seq2seq import Seq2SeqTransformer
 from attention_lab.models.vit import VisionTransformer
 
-__all__ = ["EncoderClassifier", "VisionTransformer"]
+__all__ = ["EncoderClassifier", "Seq2SeqTransformer", "VisionTransformer"]

@@ -7,11 +7,18 @@ from attention_lab.nn.attention import (
     causal_mask,
     scaled_dot_product_attention,
 )
-from attention_lab.nn.blocks import Encoder, EncoderBlock, FeedForward, keep_attention_weights
+from attention_lab.nn.blocks import (
+    DecoderBlock,
+    Encoder,
+    EncoderBlock,
+    FeedForward,
+    keep_attention_weights,
+)
 from attention_lab.nn.positional import build_positional, sinusoidal_encoding
 
 __all__ = [
     "ATTENTION_KINDS",
+    "DecoderBlock",
     "Encoder",
     "EncoderBlock",
     "FeedForward",

@@ -1,4 +1,4 @@
-"""Transformer building blocks: the position-wise feed-forward net and the encoder block.
+"""Transformer building blocks: the position-wise feed-forward net, encoder and decoder blocks.
 
 "Each layer has two sub-layers. The first is a multi-head self-attention mechanism, and the second
 is a simple, position-wise fully connected feed-forward network. We employ a residual connection
@@ -51,6 +51,8 @@ class EncoderBlock(nn.Module):
     weights of the next forward pass in ``attention_weights``; off by default, so ordinary
     training steps never ask the attention for its weights.
     """
+
+    attention_weight_names = ("attention_weights",)
 
     def __init__(
         self,
@@ -136,12 +138,126 @@ class Encoder(nn.Module):
         return self.final_norm(x)
 
 
+class DecoderBlock(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, feed-forward; each with
+    Add & Norm.
+
+    "In addition to the two sub-layers in each encoder layer, the decoder inserts a third
+    sub-layer, which performs multi-head attention over the output of the encoder stack ...
+    We also modify the self-attention sub-layer in the decoder stack to prevent positions from
+    attending to subsequent positions." (section 3.1)
+
+    With ``keep_attention`` set, the next forward pass stores the per-head weights of both
+    attentions: ``self_attention_weights`` (B, H, T, T), target over target, and
+    ``cross_attention_weights`` (B, H, T, S), target over source: the alignment map.
+    """
+
+    attention_weight_names = ("self_attention_weights", "cross_attention_weights")
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = True,
+        attention: str = "scratch",
+    ) -> None:
+        super().__init__()
+        self.self_attn = build_attention(
+            attention, d_model=d_model, n_heads=n_heads, dropout=dropout
+        )
+        self.cross_attn = build_attention(
+            attention, d_model=d_model, n_heads=n_heads, dropout=dropout
+        )
+        self.ff = FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+        self.keep_attention = False
+        self.self_attention_weights: Tensor | None = None
+        self.cross_attention_weights: Tensor | None = None
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        *,
+        self_attn_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """x: (B, T, E), memory (the encoder output): (B, S, E) -> (B, T, E).
+
+        Masks in ``nn.MultiheadAttention``'s convention (True = ignore): ``self_attn_mask``
+        (T, T), the causal mask ``~causal_mask(T)``; ``tgt_key_padding_mask`` (B, T) and
+        ``memory_key_padding_mask`` (B, S), True = padding.
+
+        ``context`` serves incremental decoding: the block's inputs at all target positions so
+        far (B, T_ctx, E), ending with x's. Self-attention then takes its keys and values from
+        the context, and only x's positions are computed; the masks are (T, T_ctx) and
+        (B, T_ctx), and a single newest position needs no causal mask.
+        """
+        if self.norm_first:
+            keys = None if context is None else self.norm1(context)
+            x = x + self._self_attention(self.norm1(x), keys, self_attn_mask, tgt_key_padding_mask)
+            x = x + self._cross_attention(self.norm2(x), memory, memory_key_padding_mask)
+            return x + self.dropout(self.ff(self.norm3(x)))
+        x = self.norm1(x + self._self_attention(x, context, self_attn_mask, tgt_key_padding_mask))
+        x = self.norm2(x + self._cross_attention(x, memory, memory_key_padding_mask))
+        return self.norm3(x + self.dropout(self.ff(x)))
+
+    def _self_attention(
+        self,
+        x: Tensor,
+        keys: Tensor | None,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+    ) -> Tensor:
+        keys = x if keys is None else keys  # x itself keeps one fused q/k/v projection
+        out, weights = self.self_attn(
+            x,
+            keys,
+            keys,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            need_weights=self.keep_attention,
+            average_attn_weights=False,
+        )  # (B, T, E), (B, H, T, T_ctx) or None
+        if self.keep_attention:
+            self.self_attention_weights = weights.detach()
+        return self.dropout(out)
+
+    def _cross_attention(
+        self, x: Tensor, memory: Tensor, key_padding_mask: Tensor | None
+    ) -> Tensor:
+        out, weights = self.cross_attn(
+            x,
+            memory,
+            memory,
+            key_padding_mask=key_padding_mask,
+            need_weights=self.keep_attention,
+            average_attn_weights=False,
+        )  # (B, T, E), (B, H, T, S) or None
+        if self.keep_attention:
+            self.cross_attention_weights = weights.detach()
+        return self.dropout(out)
+
+
 @contextmanager
 def keep_attention_weights(model: nn.Module) -> Iterator[list[nn.Module]]:
     """Within the block, every attention block of ``model`` keeps its weights.
 
-    Yields the blocks, in order; after a forward pass each has ``attention_weights``
-    of shape (B, H, T, S). Weights are dropped again on exit.
+    Yields the blocks, in order (for a seq2seq model: encoder blocks, then decoder blocks).
+    After a forward pass each block holds the tensors named in its ``attention_weight_names``:
+    ``attention_weights`` (B, H, T, T) for an ``EncoderBlock``; ``self_attention_weights``
+    (B, H, T, T) and ``cross_attention_weights`` (B, H, T, S) for a ``DecoderBlock``.
+    Weights are dropped again on exit.
     """
     blocks = [m for m in model.modules() if hasattr(m, "keep_attention")]
     for block in blocks:
@@ -151,4 +267,5 @@ def keep_attention_weights(model: nn.Module) -> Iterator[list[nn.Module]]:
     finally:
         for block in blocks:
             block.keep_attention = False
-            block.attention_weights = None
+            for name in getattr(block, "attention_weight_names", ("attention_weights",)):
+                setattr(block, name, None)

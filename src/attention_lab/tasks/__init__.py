@@ -1,5 +1,6 @@
 """LightningModules: they wrap a model with a loss, metrics and optimisers."""
 
 from attention_lab.tasks.classification import ImageClassificationTask
+from attention_lab.tasks.translation import TranslationTask
 
-__all__ = ["ImageClassificationTask"]
+__all__ = ["ImageClassificationTask", "TranslationTask"]

@@ -1,0 +1,356 @@
+"""Multi30k task 1 (image captions, German <-> English) as a LightningDataModule.
+
+The raw gzip files of the official repository (github.com/multi30k/dataset, data/task1/raw):
+train 29,000 sentence pairs, val 1,014, test = test_2016_flickr 1,000, one sentence a line, the
+two languages aligned line by line. Missing files are downloaded into ``data_dir/multi30k``.
+
+A subword tokenizer (see ``tokenizer.py``) is trained on the training split only, one shared by
+both languages or one per language, and cached as JSON beside the data. Sentences become
+source = pieces + <eos> and target = <bos> + pieces + <eos>; those longer than ``max_len``
+tokens are truncated, and how many were is logged. Batches are padded to their longest
+sentence; training batches hold sentences of similar length (see ``BucketBatchSampler``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import random
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from attention_lab.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SubwordTokenizer,
+    check_tokenizer_settings,
+    fingerprint,
+    load_or_train,
+)
+from attention_lab.errors import ConfigError, DataFormatError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
+SPLIT_FILES = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+LANGUAGES = ("de", "en", "fr", "cs")
+
+
+def multi30k_folder(data_dir: str | Path) -> Path:
+    """Where the Multi30k files (and the cached tokenizers) live: ``data_dir/multi30k``."""
+    return Path(data_dir) / "multi30k"
+
+
+def split_file(folder: Path, split: str, lang: str) -> Path:
+    """The gzip file of one split in one language, e.g. ``test_2016_flickr.en.gz``."""
+    return folder / f"{SPLIT_FILES[split]}.{lang}.gz"
+
+
+def download(url: str, destination: Path, timeout_s: float = 30.0) -> None:
+    """Fetch ``url`` into ``destination``, via a partial file so a failed fetch leaves nothing."""
+    partial = destination.with_name(destination.name + ".part")
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        partial.write_bytes(response.read())
+    partial.replace(destination)
+
+
+def ensure_multi30k(data_dir: str | Path, langs: Sequence[str]) -> Path:
+    """Use the files in ``data_dir/multi30k``, downloading the missing ones; returns the folder."""
+    folder = multi30k_folder(data_dir)
+    missing = [
+        split_file(folder, split, lang)
+        for split in SPLIT_FILES
+        for lang in langs
+        if not split_file(folder, split, lang).is_file()
+    ]
+    for path in missing:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            download(f"{MULTI30K_URL}/{path.name}", path)
+            log.info("Downloaded %s", path)
+        except OSError as err:  # URLError, timeouts and unwritable folders are all OSErrors
+            raise DataNotFoundError(
+                f"Multi30k is not complete in {folder.resolve()} ({path.name} is missing) and "
+                f"could not be downloaded from {MULTI30K_URL} ({err}). Put the files "
+                f"{{train,val,test_2016_flickr}}.{{{','.join(langs)}}}.gz there, or point "
+                f"data.data_dir=... (or the DATA_DIR environment variable) at a folder that "
+                f"has multi30k/."
+            ) from err
+    return folder
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a gzip text file, each with its whitespace collapsed to single spaces."""
+    with gzip.open(path, "rt", encoding="utf-8") as file:
+        return [" ".join(line.split()) for line in file]
+
+
+def read_pairs(folder: Path, split: str, src_lang: str, tgt_lang: str) -> tuple[list[str], ...]:
+    """(source sentences, target sentences) of one split; empty or unequal files are errors."""
+    src_path, tgt_path = split_file(folder, split, src_lang), split_file(folder, split, tgt_lang)
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    for path, lines in ((src_path, src), (tgt_path, tgt)):
+        if not any(lines):
+            raise DataFormatError(f"{path} has no sentences; replace it with the Multi30k file")
+    if len(src) != len(tgt):
+        raise DataFormatError(
+            f"{src_path} has {len(src):,} lines but {tgt_path} has {len(tgt):,}: the two sides "
+            f"of a parallel corpus must be aligned line by line"
+        )
+    return src, tgt
+
+
+class TranslationBatch(NamedTuple):
+    """A padded batch: token ids for the model, the raw sentences for BLEU and samples."""
+
+    src: Tensor  # (B, S) source ids ending with <eos>, padded with <pad>
+    tgt: Tensor  # (B, T) target ids <bos> ... <eos>, padded with <pad>
+    src_text: list[str]
+    tgt_text: list[str]
+
+
+class TranslationDataset(Dataset):
+    """Sentence pairs as token-id tensors, with the raw text kept beside them."""
+
+    def __init__(
+        self,
+        src_ids: list[list[int]],
+        tgt_ids: list[list[int]],
+        src_text: list[str],
+        tgt_text: list[str],
+    ) -> None:
+        self.src_ids = [torch.tensor(ids, dtype=torch.long) for ids in src_ids]
+        self.tgt_ids = [torch.tensor(ids, dtype=torch.long) for ids in tgt_ids]
+        self.src_text = src_text
+        self.tgt_text = tgt_text
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str, str]:
+        return self.src_ids[index], self.tgt_ids[index], self.src_text[index], self.tgt_text[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Per pair, the longer of source and target, in tokens: what a batch pads to."""
+        return [max(len(s), len(t)) for s, t in zip(self.src_ids, self.tgt_ids, strict=True)]
+
+
+def collate_pairs(items: list[tuple[Tensor, Tensor, str, str]]) -> TranslationBatch:
+    """Pad each side to its longest sentence in the batch."""
+    src, tgt, src_text, tgt_text = zip(*items, strict=True)
+    pad = torch.nn.utils.rnn.pad_sequence
+    return TranslationBatch(
+        src=pad(list(src), batch_first=True, padding_value=PAD_ID),  # (B, S)
+        tgt=pad(list(tgt), batch_first=True, padding_value=PAD_ID),  # (B, T)
+        src_text=list(src_text),
+        tgt_text=list(tgt_text),
+    )
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of sentences of similar length, so little of a batch is padding.
+
+    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort each
+    pool by length, cut it into batches and shuffle the batches. Seeded by ``seed`` and the
+    epoch (Lightning calls ``set_epoch``), so runs repeat.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], *, batch_size: int, seed: int = 0, pool_batches: int = 50
+    ) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool_size = batch_size * pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently for each epoch."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.pool_size):
+            pool = sorted(order[start : start + self.pool_size], key=self.lengths.__getitem__)
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        full_pools, rest = divmod(len(self.lengths), self.pool_size)
+        per_pool = -(-self.pool_size // self.batch_size)
+        return full_pools * per_pool + -(-rest // self.batch_size)
+
+
+class Multi30kDataModule(L.LightningDataModule):
+    """Multi30k task 1, ``src_lang`` -> ``tgt_lang``, as subword ids; see the module docstring.
+
+    After ``prepare_data`` the tokenizers are known: ``src_tokenizer``, ``tgt_tokenizer`` (one
+    object when ``shared_vocab``) and their sizes ``src_vocab_size``, ``tgt_vocab_size``, which
+    ``training.py`` hands to the model.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        src_lang: str = "de",
+        tgt_lang: str = "en",
+        tokenizer: str = "bpe",
+        vocab_size: int = 8000,
+        shared_vocab: bool = True,
+        tokenizer_dir: str | None = None,
+        max_len: int = 128,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
+        for name, lang in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+            if lang not in LANGUAGES:
+                raise ConfigError(
+                    f"data.{name}={lang!r} is not a Multi30k language; choose one of "
+                    f"{', '.join(LANGUAGES)}"
+                )
+        if src_lang == tgt_lang:
+            raise ConfigError(f"data.src_lang and data.tgt_lang are both {src_lang!r}")
+        if max_len < 3:
+            raise ConfigError(f"data.max_len={max_len} must be at least 3 (<bos>, a token, <eos>)")
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ConfigError(
+                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
+                f"must be positive"
+            )
+        self.data_dir = data_dir
+        self.src_lang = src_lang
+        self.tgt_lang = tgt_lang
+        self.tokenizer_kind = tokenizer
+        self.vocab_size = vocab_size
+        self.shared_vocab = shared_vocab
+        self.tokenizer_dir = tokenizer_dir
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._tokenizers: tuple[SubwordTokenizer, SubwordTokenizer] | None = None
+        self.datasets: dict[str, TranslationDataset] = {}
+
+    @property
+    def folder(self) -> Path:
+        """``data_dir/multi30k``."""
+        return multi30k_folder(self.data_dir)
+
+    def prepare_data(self) -> None:
+        ensure_multi30k(self.data_dir, (self.src_lang, self.tgt_lang))
+        for split in SPLIT_FILES:
+            read_pairs(self.folder, split, self.src_lang, self.tgt_lang)  # fail early on bad files
+        self._load_tokenizers()
+
+    def _cache_file(self, langs: str, texts: Sequence[str]) -> Path:
+        folder = Path(self.tokenizer_dir) if self.tokenizer_dir else self.folder
+        name = f"tokenizer-{self.tokenizer_kind}{self.vocab_size}-{langs}-{fingerprint(texts)}.json"
+        return folder / name
+
+    def _load_tokenizers(self) -> tuple[SubwordTokenizer, SubwordTokenizer]:
+        """Train (on the training split only) or load from the cache, once."""
+        if self._tokenizers is not None:
+            return self._tokenizers
+        src, tgt = read_pairs(self.folder, "train", self.src_lang, self.tgt_lang)
+        settings = {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size}
+        if self.shared_vocab:
+            texts = src + tgt
+            langs = f"{self.src_lang}+{self.tgt_lang}"
+            shared = load_or_train(texts, cache_file=self._cache_file(langs, texts), **settings)
+            self._tokenizers = (shared, shared)
+        else:
+            self._tokenizers = tuple(
+                load_or_train(texts, cache_file=self._cache_file(lang, texts), **settings)
+                for lang, texts in ((self.src_lang, src), (self.tgt_lang, tgt))
+            )
+        return self._tokenizers
+
+    @property
+    def src_tokenizer(self) -> SubwordTokenizer:
+        """The source-language tokenizer (trained or loaded on first use)."""
+        return self._load_tokenizers()[0]
+
+    @property
+    def tgt_tokenizer(self) -> SubwordTokenizer:
+        """The target-language tokenizer (the same object as the source's when shared)."""
+        return self._load_tokenizers()[1]
+
+    @property
+    def src_vocab_size(self) -> int:
+        """Source vocabulary size, specials included."""
+        return self.src_tokenizer.vocab_size
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        """Target vocabulary size, specials included."""
+        return self.tgt_tokenizer.vocab_size
+
+    def encode_source(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Source ids (pieces + <eos>, at most ``max_len``) and how many were truncated."""
+        pieces = self.src_tokenizer.encode_batch(texts)
+        truncated = sum(len(p) > self.max_len - 1 for p in pieces)
+        return [[*p[: self.max_len - 1], EOS_ID] for p in pieces], truncated
+
+    def encode_target(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Target ids (<bos> + pieces + <eos>, at most ``max_len``) and how many were truncated."""
+        pieces = self.tgt_tokenizer.encode_batch(texts)
+        truncated = sum(len(p) > self.max_len - 2 for p in pieces)
+        return [[BOS_ID, *p[: self.max_len - 2], EOS_ID] for p in pieces], truncated
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for split in SPLIT_FILES:
+            src_text, tgt_text = read_pairs(self.folder, split, self.src_lang, self.tgt_lang)
+            src_ids, src_cut = self.encode_source(src_text)
+            tgt_ids, tgt_cut = self.encode_target(tgt_text)
+            if src_cut or tgt_cut:
+                log.warning(
+                    "Multi30k %s: truncated %d source and %d target sentences (of %d) to "
+                    "data.max_len=%d tokens",
+                    split,
+                    src_cut,
+                    tgt_cut,
+                    len(src_text),
+                    self.max_len,
+                )
+            self.datasets[split] = TranslationDataset(src_ids, tgt_ids, src_text, tgt_text)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        sampler = BucketBatchSampler(dataset.lengths, batch_size=self.batch_size, seed=self.seed)
+        return self._loader(dataset, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], batch_size=self.eval_batch_size)
+
+    def _loader(self, dataset: TranslationDataset, **batching) -> DataLoader:
+        return DataLoader(
+            dataset,
+            collate_fn=collate_pairs,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **batching,
+        )
