@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from attention_lab.nn.attention import causal_mask
-from attention_lab.nn.blocks import DecoderBlock, EncoderBlock
+from attention_lab.nn.blocks import DecoderBlock, Encoder
 from attention_lab.nn.positional import build_positional
 
 
@@ -80,10 +80,10 @@ class Seq2SeqTransformer(nn.Module):
             "norm_first": norm_first,
             "attention": attention,
         }
-        self.encoder = nn.ModuleList(EncoderBlock(**block_args) for _ in range(n_layers))
+        self.encoder = Encoder(n_layers=n_layers, **block_args)
         self.decoder = nn.ModuleList(DecoderBlock(**block_args) for _ in range(n_layers))
-        # Pre-norm leaves the residual stream unnormalised, so each stack needs one norm at the end.
-        self.encoder_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        # Pre-norm leaves the residual stream unnormalised, so the decoder stack needs one norm
+        # at the end too (the Encoder has its own).
         self.decoder_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
         self.to_logits = nn.Linear(d_model, tgt_vocab_size, bias=False)
 
@@ -97,9 +97,7 @@ class Seq2SeqTransformer(nn.Module):
         src_padding = src == self.pad_id  # (B, S)
         x = self.src_embedding(src) * self.embed_scale  # (B, S, E)
         x = self.dropout(self.src_positional(x))
-        for block in self.encoder:
-            x = block(x, key_padding_mask=src_padding)  # (B, S, E)
-        return self.encoder_norm(x), src_padding
+        return self.encoder(x, key_padding_mask=src_padding), src_padding  # (B, S, E), (B, S)
 
     def decode(self, tgt: Tensor, memory: Tensor, src_padding: Tensor) -> Tensor:
         """Logits for the token after each target position.

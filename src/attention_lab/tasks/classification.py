@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from attention_lab.attention_maps import AttentionMap, AttentionSnapshot
 from attention_lab.nn.blocks import keep_attention_weights
-from attention_lab.optim import OptimizerFactory, SchedulerFactory, decay_groups
+from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
 
 
 class ImageClassificationTask(L.LightningModule):
@@ -81,17 +81,12 @@ class ImageClassificationTask(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        optimizer = self.optimizer_factory(params=decay_groups(self.net, weight_decay))
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        return optimizers_for(
+            self.net,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            total_steps=int(self.trainer.estimated_stepping_batches),
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
     def attention_maps(self, batch: tuple[Tensor, Tensor]) -> AttentionSnapshot:
         """Every layer's per-head attention for ``batch``, labelled by the net's tokens.
