@@ -11,6 +11,8 @@ import gzip
 import os
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,3 +163,31 @@ def real_data_dir(dataset: str = "MNIST/raw") -> Path | None:
     ``dataset`` (a subfolder: "MNIST/raw", "multi30k")."""
     candidate = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
     return candidate if (candidate / dataset).is_dir() else None
+
+
+def train_py_env(data_dir: Path, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's ``python train.py`` here: no W&B credentials or network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    # PYTHONPATH: this checkout's code, also where the package is installed from another one.
+    env.update(
+        DATA_DIR=str(data_dir),
+        HOME=str(home),
+        PYTHONPATH=str(REPO_ROOT / "src"),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def run_train_py(
+    *overrides: str, data_dir: Path, home: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python train.py OVERRIDES`` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=REPO_ROOT,
+        env=train_py_env(data_dir, home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

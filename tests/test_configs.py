@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from attention_lab.training import train
-from tests.conftest import CONF_DIR, REPO_ROOT, ComposeFn
+from tests.conftest import CONF_DIR, ComposeFn, run_train_py
 
 # Groups whose every option is composed by itself; experiment and debug are run below.
 GROUPS = ["data", "model", "task", "trainer", "logger", "callbacks", "paths"]
@@ -100,25 +97,17 @@ def test_slurm_launcher_composes(compose_config: ComposeFn) -> None:
 @pytest.mark.slow
 def test_optuna_search_runs_trials_end_to_end(tmp_path: Path, tiny_mnist: Path) -> None:
     sweep = tmp_path / "search"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(DATA_DIR=str(tiny_mnist), HOME=str(tmp_path), PYTHONPATH=str(REPO_ROOT / "src"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "hparams_search=vit_optuna",
-            "experiment=vit_mnist",
-            "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.sampler.n_startup_trials=2",
-            "debug=smoke",
-            "logger=csv",
-            "data.val_size=56",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_train_py(
+        "hparams_search=vit_optuna",
+        "experiment=vit_mnist",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "debug=smoke",
+        "logger=csv",
+        "data.val_size=56",
+        f"hydra.sweep.dir={sweep}",
+        data_dir=tiny_mnist,
+        home=tmp_path,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -28,7 +28,7 @@ from attention_lab.errors import ConfigError, NonFiniteLossError, TrainingInterr
 from attention_lab.loggers import RUN_ID_FILE
 from attention_lab.tasks import ImageClassificationTask
 from attention_lab.training import METRICS_FILE, train
-from tests.conftest import CONF_DIR, REPO_ROOT
+from tests.conftest import CONF_DIR, REPO_ROOT, train_py_env
 from tests.wandb_records import read_offline_run
 
 # A model small enough that an epoch of the tiny data set (two batches) takes milliseconds.
@@ -232,18 +232,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 def _train_py(*overrides: str, data_dir: Path, home: Path, **env: str) -> subprocess.Popen:
     """Start ``python train.py`` in its own process group, as a terminal would, with no W&B."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    environ.update(
-        DATA_DIR=str(data_dir),
-        HOME=str(home),
-        PYTHONPATH=str(REPO_ROOT / "src"),
-        PYTHONUNBUFFERED="1",
-        **env,
-    )
     return subprocess.Popen(
         [sys.executable, "train.py", *overrides],
         cwd=REPO_ROOT,
-        env=environ,
+        env=train_py_env(data_dir, home, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

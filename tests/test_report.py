@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from attention_lab.report import find_runs, summary_table, write_report
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_train_py
 
 
 def _fake_run(
@@ -80,24 +77,15 @@ def test_report_writes_markdown_and_plots(sweep_dir: Path, tmp_path: Path) -> No
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny_mnist: Path) -> None:
     sweep = tmp_path / "multirun"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(DATA_DIR=str(tiny_mnist), HOME=str(tmp_path))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "model.attention=flash,scratch",  # the first job fails, the second must still run
-            "debug=smoke",
-            "logger=csv",
-            "data.val_size=56",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_train_py(
+        "-m",
+        "model.attention=flash,scratch",  # the first job fails, the second must still run
+        "debug=smoke",
+        "logger=csv",
+        "data.val_size=56",
+        f"hydra.sweep.dir={sweep}",
+        data_dir=tiny_mnist,
+        home=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (

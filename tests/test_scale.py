@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import torch
 
 from attention_lab.nn.attention import scaled_dot_product_attention
 from attention_lab.training import train
-from tests.conftest import REPO_ROOT, ComposeFn
+from tests.conftest import ComposeFn, run_train_py
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -69,26 +66,17 @@ def test_compiled_model_trains_and_keeps_its_parameter_names(
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path: Path, tiny_mnist: Path) -> None:
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(DATA_DIR=str(tiny_mnist), HOME=str(tmp_path), PYTHONPATH=str(REPO_ROOT / "src"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "debug=smoke",
-            "logger=csv",
-            "model.n_layers=1",
-            "data.val_size=56",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_train_py(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "debug=smoke",
+        "logger=csv",
+        "model.n_layers=1",
+        "data.val_size=56",
+        f"hydra.run.dir={run_dir}",
+        data_dir=tiny_mnist,
+        home=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -15,34 +12,14 @@ import torchvision.datasets.mnist
 from attention_lab.callbacks.history import read_history
 from attention_lab.errors import ConfigError, DataNotFoundError
 from attention_lab.training import METRICS_FILE, train
-from tests.conftest import REPO_ROOT, ComposeFn
+from tests.conftest import ComposeFn, run_train_py
 from tests.wandb_records import read_offline_run
-
-
-def _run_train(*overrides: str, data_dir: Path, home: Path) -> subprocess.CompletedProcess:
-    """``python train.py`` as a user runs it, without W&B credentials or network."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    # PYTHONPATH: this checkout's code, also where the package is installed from another one.
-    env.update(
-        DATA_DIR=str(data_dir),
-        HOME=str(home),
-        PYTHONPATH=str(REPO_ROOT / "src"),
-        PYTHONUNBUFFERED="1",
-    )
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.parametrize("attention", ["scratch", "torch"])
 def test_train_py_logs_to_wandb_offline(tmp_path: Path, tiny_mnist: Path, attention: str) -> None:
     run_dir = tmp_path / "run"
-    result = _run_train(
+    result = run_train_py(
         "debug=smoke",
         "data.val_size=56",
         f"model.attention={attention}",
@@ -70,7 +47,7 @@ def test_train_py_logs_to_wandb_offline(tmp_path: Path, tiny_mnist: Path, attent
 
 
 def test_bad_setting_exits_with_one_clear_message(tmp_path: Path, tiny_mnist: Path) -> None:
-    result = _run_train(
+    result = run_train_py(
         "model.attention=flash",
         f"hydra.run.dir={tmp_path / 'run'}",
         data_dir=tiny_mnist,
