@@ -109,6 +109,7 @@ def test_csv_logger_and_checkpoints(compose_config: ComposeFn, tiny_mnist: Path)
     assert [row["epoch"] for row in rows] == [0, 1]
     assert {"train/loss", "train/acc", "val/acc", "val/loss"} <= rows[1].keys()
     assert rows[1]["train/samples_per_s"] > 0
+    assert metrics["train_samples_per_s"] > 0
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from attention_lab.callbacks.history import read_history
 from attention_lab.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
 from attention_lab.config import validate
 from attention_lab.errors import AttentionLabError, ConfigError
@@ -170,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "fit_time_s": round(fit_time_s, 2),
+        "train_samples_per_s": _median_throughput(run_dir),
         "best_checkpoint": best_path or None,
         "monitor": checkpoint.monitor if checkpoint is not None else None,
         "best_val": _as_float(checkpoint.best_model_score) if checkpoint is not None else None,
@@ -185,6 +189,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _median_throughput(run_dir: Path) -> float | None:
+    """The median over epochs of ``history.jsonl``'s training samples/s (None without it)."""
+    rates = [row["train/samples_per_s"] for row in read_history(run_dir)]
+    rates = [rate for rate in rates if math.isfinite(rate)]
+    return round(statistics.median(rates), 1) if rates else None
 
 
 def _as_float(value: Any) -> float | None:
