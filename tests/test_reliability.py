@@ -61,8 +61,10 @@ def _config(run_dir: Path, data_dir: Path, *overrides: str) -> DictConfig:
 
 
 def _comparable(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics without wall time and with the best checkpoint's file name only."""
-    kept = {key: value for key, value in metrics.items() if key != "fit_time_s"}
+    """Metrics without the timings (wall time, samples/s) and with the best checkpoint's file
+    name only: everything a seed decides."""
+    timings = ("fit_time_s", "train_samples_per_s")
+    kept = {key: value for key, value in metrics.items() if key not in timings}
     kept["best_checkpoint"] = Path(metrics["best_checkpoint"]).name
     return kept
 

@@ -1,10 +1,10 @@
 """One training run from a composed config: build, fit, test the best checkpoint, write metrics.
 
 ``train.py`` is the command-line entry (it adds Hydra's decorator); tests call ``train`` with a
-config they compose themselves. The config is validated before anything is built; the data
-module comes first, because it decides some model settings (a tokenizer's vocabulary size), and
-checks its files before the first logger or trainer exists; the checkpoint to resume from is
-checked against the model before training. A bad setting costs nothing.
+config they compose themselves. The config is validated before anything is built; the model is
+built before any data is read, unless the data decides some of its settings (a tokenizer's
+vocabulary size); data files are checked before the first logger or trainer exists, and the
+checkpoint to resume from against the model before training. A bad setting costs nothing.
 """
 
 from __future__ import annotations
@@ -126,10 +126,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.checkpoint_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate_setting(cfg.data, "data")
-    datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
-    fill_model_settings_from_data(cfg, datamodule)
-    net = build_model(cfg)
+    datamodule = instantiate_setting(cfg.data, "data")  # constructing it reads no files
+    data_decides_model = any(cfg.model.get(key, 0) is None for key in DATA_DECIDED_MODEL_KEYS)
+    if data_decides_model:
+        # The tokenizer decides the vocabulary sizes: the data comes before the model.
+        datamodule.prepare_data()
+        fill_model_settings_from_data(cfg, datamodule)
+    net = build_model(cfg)  # otherwise a bad model setting is reported before data is read
     task = instantiate_setting(cfg.task, "task", net=net)
     if ckpt_path is not None:
         resumed = read_checkpoint(ckpt_path)
@@ -141,6 +144,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             resumed.get("global_step"),
         )
         del resumed  # Lightning reads the file again; do not hold two copies
+    if not data_decides_model:
+        datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate_setting(
