@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attention_lab.nn.attention import scaled_dot_product_attention
-from attention_lab.training import train
+from attention_lab.training import build_model, train
 from tests.conftest import ComposeFn, run_train_py
 
 
@@ -24,43 +24,87 @@ def test_masked_softmax_stays_finite_in_half_precision(dtype: torch.dtype) -> No
     assert torch.all(out[..., 2, :] == 0)
 
 
+def _tiny_run_settings(experiment: str, tiny_mnist: Path, tiny_multi30k: Path) -> dict:
+    """Overrides and data folder for a one-layer run of ``experiment`` on the tiny data sets."""
+    if experiment == "multi30k_transformer":
+        overrides = ["data.vocab_size=200", "model.d_model=32", "model.n_heads=4"]
+        return {"overrides": overrides, "data_dir": tiny_multi30k}
+    return {"overrides": ["data.val_size=56", "model.d_model=16"], "data_dir": tiny_mnist}
+
+
+EXPERIMENTS = ["mnist_encoder", "vit_mnist", "multi30k_transformer"]
+
+
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-@pytest.mark.parametrize("model", ["encoder_classifier", "vit"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_mixed_precision_runs_on_cpu(
-    compose_config: ComposeFn, tiny_mnist: Path, precision: str, model: str
+    compose_config: ComposeFn,
+    tiny_mnist: Path,
+    tiny_multi30k: Path,
+    precision: str,
+    experiment: str,
 ) -> None:
-    # On the CPU Lightning runs 16-mixed as bf16 autocast (it warns); both must stay finite.
+    # On the CPU Lightning runs 16-mixed as bf16 autocast (it warns); both must stay finite,
+    # decoding (greedy for val/bleu, beam search for test/bleu) included.
+    settings = _tiny_run_settings(experiment, tiny_mnist, tiny_multi30k)
     cfg = compose_config(
-        f"model={model}",
+        f"experiment={experiment}",
         "model.n_layers=1",
         f"trainer.precision={precision}",
         "trainer.accelerator=cpu",
         "debug=smoke",
         "logger=none",
-        "data.val_size=56",
-        data_dir=tiny_mnist,
+        *settings["overrides"],
+        data_dir=settings["data_dir"],
     )
     metrics = train(cfg)
     assert math.isfinite(metrics["test"]["test/loss"])
 
 
+# The ViT's compiled forward is checked against eager below; a whole compiled ViT run would add
+# about a minute of compilation and no code path these two do not already take.
 @pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["mnist_encoder", "multi30k_transformer"])
 def test_compiled_model_trains_and_keeps_its_parameter_names(
-    compose_config: ComposeFn, tiny_mnist: Path
+    compose_config: ComposeFn, tiny_mnist: Path, tiny_multi30k: Path, experiment: str
 ) -> None:
+    settings = _tiny_run_settings(experiment, tiny_mnist, tiny_multi30k)
     cfg = compose_config(
+        f"experiment={experiment}",
         "model.compile=true",
         "model.n_layers=1",
-        "model.d_model=16",
         "debug=smoke",
         "logger=none",
-        "data.val_size=56",
-        data_dir=tiny_mnist,
+        *settings["overrides"],
+        data_dir=settings["data_dir"],
     )
     metrics = train(cfg)
     assert math.isfinite(metrics["test"]["test/loss"])
     state = torch.load(metrics["best_checkpoint"], weights_only=True)["state_dict"]
-    assert "net.to_embedding.weight" in state  # no "_orig_mod." prefix from compilation
+    assert state and not any("_orig_mod" in name for name in state)  # names as in eager
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_compiled_model_matches_eager(
+    compose_config: ComposeFn, tiny_mnist: Path, tiny_multi30k: Path, experiment: str
+) -> None:
+    settings = _tiny_run_settings(experiment, tiny_mnist, tiny_multi30k)
+    cfg = compose_config(f"experiment={experiment}", "model.n_layers=1", *settings["overrides"])
+    if experiment == "multi30k_transformer":
+        cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = 50
+        cfg.model.max_len = 16
+        src, tgt = torch.randint(1, 50, (3, 7)), torch.randint(1, 50, (3, 5))
+        src[0, -2:] = cfg.model.pad_id  # padded source positions, masked in both
+        inputs = (src, tgt)
+    else:
+        inputs = (torch.rand(3, cfg.model.in_channels, 28, 28),)
+    eager = build_model(cfg).eval()
+    cfg.model.compile = True
+    compiled = build_model(cfg).eval()
+    compiled.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), eager(*inputs), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
