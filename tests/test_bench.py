@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+
+import pytest
 
 from attention_lab.bench import main
 
@@ -60,6 +63,42 @@ def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:
     table = (tmp_path / "train.md").read_text()
     assert "| mnist_encoder | torch |" in table and "| 1.00x |" in table
     assert "| mnist_encoder | scratch |" in table and "| mnist_encoder | scratch_fused |" in table
+
+
+@pytest.mark.slow
+def test_train_benchmark_counts_translation_tokens_and_compiled_speedup(tmp_path: Path) -> None:
+    main(
+        [
+            "train",
+            "--out",
+            str(tmp_path),
+            "--experiments",
+            "multi30k_transformer",
+            "--kinds",
+            "scratch",
+            "--compile",
+            "--seq-len",
+            "5",
+            "--repeats",
+            "1",
+            "--min-time",
+            "0.01",
+            "--overrides",
+            "model.n_layers=1",
+            "model.d_model=32",
+            "data.vocab_size=100",
+            "data.batch_size=4",
+        ]
+    )
+    with (tmp_path / "train.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["compiled"] for row in rows} == {"False", "True"}
+    for row in rows:  # every step trains 4 sentence pairs of 5 target tokens
+        assert float(row["tokens_per_s"]) == pytest.approx(5 * float(row["samples_per_s"]))
+    table = (tmp_path / "train.md").read_text()
+    compiled_row = next(line for line in table.splitlines() if "| scratch | yes |" in line)
+    assert compiled_row.rstrip(" |").endswith("x")  # the speed-up over eager
+    assert "| scratch | no |" in table
 
 
 def test_data_benchmark_runs_the_augmented_pipeline(tmp_path: Path, tiny_mnist: Path) -> None:

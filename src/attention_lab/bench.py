@@ -4,9 +4,10 @@
   sequence lengths, and its memory: peak allocated on a GPU; on the CPU, where no allocator
   reports a peak, the bytes autograd saves for the backward pass (exact, and the part that
   differs between kinds: the explicit path keeps the (B, H, T, S) weights).
-- ``train``: training steps per second of whole models (synthetic batches of the experiment's
-  batch size), every attention kind measured in one process, interleaved, several repeats,
-  median reported, with the ratio to ``torch``.
+- ``train``: training throughput of whole models (synthetic batches of the experiment's batch
+  size; samples/s, and tokens/s for translation), every attention kind measured in one process,
+  interleaved, several repeats, median reported, with the ratio to ``torch``; with
+  ``--compile``, each kind also compiled, with its speed-up over eager.
 - ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
   augmentation), to compare with what a model consumes.
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
+from omegaconf import DictConfig
 from torch import nn
 
 from attention_lab.nn.attention import ATTENTION_KINDS, build_attention
@@ -174,57 +176,103 @@ def _experiment_config(experiment: str, overrides: list[str]):
         )
 
 
-def _train_step(
-    net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
-) -> None:
+StepLoss = tuple[Callable[[], torch.Tensor], int, int]  # loss function, samples, tokens per step
+
+
+def _classification_step(cfg: DictConfig, net: nn.Module, device: torch.device) -> StepLoss:
+    """Cross-entropy on a synthetic batch of images."""
+    batch, size = cfg.data.batch_size, cfg.model.image_size
+    images = torch.randn(batch, cfg.model.in_channels, size, size, device=device)
+    labels = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
+    return lambda: F.cross_entropy(net(images), labels), batch, 0
+
+
+def _translation_step(
+    cfg: DictConfig, net: nn.Module, device: torch.device, length: int
+) -> StepLoss:
+    """Teacher-forced loss on synthetic sentence pairs of ``length`` tokens, no padding."""
+    batch, vocab = cfg.data.batch_size, cfg.model.tgt_vocab_size
+    src = torch.randint(4, cfg.model.src_vocab_size, (batch, length), device=device)
+    tgt = torch.randint(4, vocab, (batch, length + 1), device=device)
+
+    def loss() -> torch.Tensor:
+        logits = net(src, tgt[:, :-1])  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten())
+
+    return loss, batch, batch * length
+
+
+def _train_step(loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(net(images), labels).backward()
+    loss().backward()
     optimizer.step()
 
 
 def bench_train(args: argparse.Namespace) -> list[dict]:
-    """Training steps of whole models on synthetic batches, per attention kind, interleaved."""
+    """Training steps of whole models on synthetic batches, per attention kind, interleaved.
+
+    Translation models get sentence pairs of ``--seq-len`` tokens (token ids drawn at random:
+    the cost of a step does not depend on which tokens they are). With ``--compile`` every kind
+    is also measured compiled with ``torch.compile`` (the first, compiling call is the warm-up).
+    """
     device = torch.device(args.device)
     rows = []
     for experiment in args.experiments:
         cfg = _experiment_config(experiment, args.overrides)
-        batch = cfg.data.batch_size
-        images = torch.randn(
-            batch, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size, device=device
-        )
-        labels = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
-        models: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {}
-        for kind in ATTENTION_KINDS:
-            torch.manual_seed(0)
-            cfg.model.attention = kind
-            net = build_model(cfg).to(device).train()
-            models[kind] = (net, torch.optim.AdamW(net.parameters(), lr=1e-4))
+        translation = "src_vocab_size" in cfg.model
+        if translation:  # the tokenizer decides these in a real run
+            cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = cfg.data.vocab_size
+            cfg.model.max_len = max(cfg.data.max_len, args.seq_len + 1)
+        variants = {}
+        for kind in args.kinds:
+            for compiled in (False, True) if args.compile else (False,):
+                torch.manual_seed(0)
+                cfg.model.attention, cfg.model.compile = kind, compiled
+                net = build_model(cfg).to(device).train()
+                if translation:
+                    loss, samples, tokens = _translation_step(cfg, net, device, args.seq_len)
+                else:
+                    loss, samples, tokens = _classification_step(cfg, net, device)
+                optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+                variants[kind, compiled] = (partial(_train_step, loss, optimizer), samples, tokens)
         for repeat in range(args.repeats):
-            for kind, (net, optimizer) in models.items():
-                step = partial(_train_step, net, optimizer, images, labels)
+            for (kind, compiled), (step, samples, tokens) in variants.items():
                 seconds = _median_time(step, device, args.min_time)
                 rows.append(
                     {
                         "experiment": experiment,
                         "kind": kind,
+                        "compiled": compiled,
                         "repeat": repeat,
                         "ms_per_step": 1000 * seconds,
-                        "samples_per_s": batch / seconds,
+                        "samples_per_s": samples / seconds,
+                        "tokens_per_s": tokens / seconds,
                     }
                 )
     return rows
 
 
 def train_table(rows: list[dict]) -> str:
-    """Markdown: median samples/s per experiment and kind, and the ratio to torch."""
-    rate = _summarise(rows, ("experiment", "kind"), "samples_per_s")
+    """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, with the
+    ratio to torch (compiled or not alike) and, for compiled rows, the speed-up over eager."""
+    rate = _summarise(rows, ("experiment", "kind", "compiled"), "samples_per_s")
+    tokens = _summarise(rows, ("experiment", "kind", "compiled"), "tokens_per_s")
     lines = [
-        "| experiment | kind | samples/s (median) | vs torch |",
-        "| --- | --- | --- | --- |",
+        "| experiment | kind | compiled | samples/s (median) | tokens/s (median) | vs torch "
+        "| vs eager |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for experiment, kind in sorted(rate):
-        ratio = rate[experiment, kind] / rate[experiment, "torch"]
-        lines.append(f"| {experiment} | {kind} | {rate[experiment, kind]:.0f} | {ratio:.2f}x |")
+    for experiment, kind, compiled in sorted(rate):
+        value = rate[experiment, kind, compiled]
+        torch_rate = rate.get((experiment, "torch", compiled))
+        vs_torch = f"{value / torch_rate:.2f}x" if torch_rate else "–"
+        vs_eager = f"{value / rate[experiment, kind, False]:.2f}x" if compiled else "–"
+        token_rate = tokens[experiment, kind, compiled]
+        token_cell = f"{token_rate:.0f}" if token_rate else "–"
+        lines.append(
+            f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {value:.0f} "
+            f"| {token_cell} | {vs_torch} | {vs_eager} |"
+        )
     return "\n".join(lines)
 
 
@@ -269,12 +317,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
-    parser.add_argument("--experiments", nargs="+", default=["mnist_encoder", "vit_mnist"])
+    parser.add_argument(
+        "--experiments",
+        nargs="+",
+        help="experiments to measure (train: all three models; data: the two MNIST ones)",
+    )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(ATTENTION_KINDS),
+        choices=ATTENTION_KINDS,
+        help="train: attention kinds to measure",
+    )
+    parser.add_argument("--seq-len", type=int, default=24, help="train: tokens per sentence")
+    parser.add_argument(
+        "--compile", action="store_true", help="train: also measure each kind compiled"
+    )
     parser.add_argument("--data-dir", default=".data")
     parser.add_argument(
         "--overrides", nargs="*", default=[], help="Hydra overrides, e.g. data.batch_size=256"
     )
     args = parser.parse_args(argv)
+    if args.experiments is None:
+        args.experiments = ["mnist_encoder", "vit_mnist"]
+        if args.what == "train":
+            args.experiments.append("multi30k_transformer")
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.what == "attention":
