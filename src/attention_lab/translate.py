@@ -27,7 +27,7 @@ from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.models.seq2seq import Seq2SeqTransformer
 from attention_lab.tasks.translation import DECODINGS, TOKENIZERS_KEY
-from attention_lab.training import fill_model_settings_from_data, instantiate_setting
+from attention_lab.training import build_model, fill_model_settings_from_data
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,9 @@ def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any
         max_len=cfg.data.max_len,
     )
     fill_model_settings_from_data(cfg, data_decided)
-    model = instantiate_setting(cfg.model, "model")
+    if "compile" in cfg.model:  # decoding calls encode and decode_step, never the compiled forward
+        cfg.model.compile = False
+    model = build_model(cfg)
     prefix = "net."
     model.load_state_dict(
         {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
