@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attention_lab.nn.attention import ATTENTION_KINDS, build_attention
-from attention_lab.training import build_model, instantiate_setting
+from attention_lab.training import (
+    build_model,
+    fill_model_settings_from_data,
+    instantiate_setting,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -220,9 +225,13 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     for experiment in args.experiments:
         cfg = _experiment_config(experiment, args.overrides)
         translation = "src_vocab_size" in cfg.model
-        if translation:  # the tokenizer decides these in a real run
-            cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = cfg.data.vocab_size
-            cfg.model.max_len = max(cfg.data.max_len, args.seq_len + 1)
+        if translation:  # the tokenizer decides these in a real run; no tokenizer is trained here
+            synthetic_data = SimpleNamespace(
+                src_vocab_size=cfg.data.vocab_size,
+                tgt_vocab_size=cfg.data.vocab_size,
+                max_len=max(cfg.data.max_len, args.seq_len + 1),
+            )
+            fill_model_settings_from_data(cfg, synthetic_data)
         variants = {}
         for kind in args.kinds:
             for compiled in (False, True) if args.compile else (False,):
