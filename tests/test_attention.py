@@ -133,12 +133,27 @@ class TestMultiHeadAttention:
         ):
             torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
 
-    def test_cross_attention_same_width_matches(self) -> None:
-        reference, ours = _pair()
+    @pytest.mark.parametrize("bias", [True, False])
+    @pytest.mark.parametrize("shared_memory", [True, False], ids=["key-is-value", "distinct"])
+    def test_cross_attention_same_width_matches(self, bias: bool, shared_memory: bool) -> None:
+        # key is value (a decoder attending to the encoder output) takes the packed K/V
+        # projection; distinct keys and values take three projections. Both must match torch,
+        # gradients of the inputs and of the shared in_proj parameters included.
+        reference, ours = _pair(bias=bias)
         query, memory = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
-        torch.testing.assert_close(
-            ours(query, memory, memory)[0], reference(query, memory, memory)[0], atol=ATOL, rtol=0
-        )
+        value = memory if shared_memory else torch.randn(2, 9, 16)
+        grads = []
+        for module in (reference, ours):
+            leaves = [query.clone().requires_grad_(), memory.clone().requires_grad_()]
+            key = leaves[1]
+            out, _ = module(leaves[0], key, key if shared_memory else value)
+            out.square().sum().backward()
+            grads.append(
+                [out, *(t.grad for t in leaves)]
+                + [p.grad for _, p in sorted(module.named_parameters())]
+            )
+        for expected, actual in zip(*grads, strict=True):
+            torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
     def test_key_padding_mask_matches(self) -> None:
         reference, ours = _pair()

@@ -174,15 +174,22 @@ class MultiHeadAttention(nn.Module):
             nn.init.zeros_(self.out_proj.bias)
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Input projections W^Q, W^K, W^V; one matmul when it is self-attention."""
-        biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        """Input projections W^Q, W^K, W^V: one matmul for self-attention, and one for the keys
+        and values together when they are the same tensor (cross-attention over a memory)."""
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if self._qkv_same_embed_dim and key is value:
+            if query is key:
+                return F.linear(query, weight, bias).chunk(3, dim=-1)  # 3 x (B, T, E)
+            sizes = [self.embed_dim, 2 * self.embed_dim]
+            q_weight, kv_weight = weight.split(sizes)
+            q_bias, kv_bias = (None, None) if bias is None else bias.split(sizes)
+            k, v = F.linear(key, kv_weight, kv_bias).chunk(2, dim=-1)  # 2 x (B, S, E)
+            return F.linear(query, q_weight, q_bias), k, v
         if self._qkv_same_embed_dim:
-            if query is key and key is value:
-                qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3E)
-                return qkv.chunk(3, dim=-1)
-            weights = self.in_proj_weight.chunk(3)
+            weights = weight.chunk(3)
         else:
             weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        biases = (None,) * 3 if bias is None else bias.chunk(3)
         return tuple(
             F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases, strict=True)
         )
