@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -243,9 +244,15 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                 else:
                     loss, samples, tokens = _classification_step(cfg, net, device)
                 optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-                variants[kind, compiled] = (partial(_train_step, loss, optimizer), samples, tokens)
+                step = partial(_train_step, loss, optimizer)
+                variants[kind, compiled] = (
+                    step,
+                    samples,
+                    tokens,
+                    _step_memory(step, loss, device, compiled),
+                )
         for repeat in range(args.repeats):
-            for (kind, compiled), (step, samples, tokens) in variants.items():
+            for (kind, compiled), (step, samples, tokens, memory) in variants.items():
                 seconds = _median_time(step, device, args.min_time)
                 rows.append(
                     {
@@ -256,20 +263,37 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                         "ms_per_step": 1000 * seconds,
                         "samples_per_s": samples / seconds,
                         "tokens_per_s": tokens / seconds,
+                        "memory_mib": memory / 2**20,
                     }
                 )
     return rows
 
 
+def _step_memory(
+    step: Callable[[], None], loss: Callable[[], torch.Tensor], device: torch.device, compiled: bool
+) -> float:
+    """Bytes one training step needs: the peak allocated on a GPU; on the CPU, the tensors
+    autograd saves for backward (the activations, which is where attention kinds differ), for
+    eager models only (NaN when compiled: the compiled graph keeps its own saved tensors)."""
+    if device.type == "cuda":
+        step()  # the optimizer state exists before the peak is measured
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return float(torch.cuda.max_memory_allocated())
+    return float("nan") if compiled else float(_saved_bytes(loss))
+
+
 def train_table(rows: list[dict]) -> str:
     """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, with the
     ratio to torch (compiled or not alike) and, for compiled rows, the speed-up over eager."""
-    rate = _summarise(rows, ("experiment", "kind", "compiled"), "samples_per_s")
-    tokens = _summarise(rows, ("experiment", "kind", "compiled"), "tokens_per_s")
+    keys = ("experiment", "kind", "compiled")
+    rate = _summarise(rows, keys, "samples_per_s")
+    tokens = _summarise(rows, keys, "tokens_per_s")
+    memory = _summarise(rows, keys, "memory_mib")
     lines = [
         "| experiment | kind | compiled | samples/s (median) | tokens/s (median) | vs torch "
-        "| vs eager |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| vs eager | memory (MiB) | memory vs torch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for experiment, kind, compiled in sorted(rate):
         value = rate[experiment, kind, compiled]
@@ -278,9 +302,19 @@ def train_table(rows: list[dict]) -> str:
         vs_eager = f"{value / rate[experiment, kind, False]:.2f}x" if compiled else "–"
         token_rate = tokens[experiment, kind, compiled]
         token_cell = f"{token_rate:.0f}" if token_rate else "–"
+        mib, torch_mib = (
+            memory[experiment, kind, compiled],
+            memory.get((experiment, "torch", compiled)),
+        )
+        memory_cells = (
+            "– | –"
+            if math.isnan(mib)
+            else f"{mib:.1f} | "
+            + (f"{mib / torch_mib:.2f}x" if torch_mib and not math.isnan(torch_mib) else "–")
+        )
         lines.append(
             f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {value:.0f} "
-            f"| {token_cell} | {vs_torch} | {vs_eager} |"
+            f"| {token_cell} | {vs_torch} | {vs_eager} | {memory_cells} |"
         )
     return "\n".join(lines)
 
