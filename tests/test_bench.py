@@ -6,8 +6,19 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 
-from attention_lab.bench import main
+from attention_lab.bench import _saved_bytes, main
+
+
+def test_saved_bytes_counts_each_saved_storage_once() -> None:
+    x = torch.randn(64, 32, requires_grad=True)  # 8 KiB
+    y = torch.randn(64, 32)
+    # x * x saves x twice; (x * y).sum() saves y (x is not needed for the gradient wrt x).
+    assert _saved_bytes(lambda: (x * x).sum()) == x.nbytes
+    assert _saved_bytes(lambda: (x * x + x * y).sum()) == x.nbytes + y.nbytes
+    # Views of one storage hold no more memory than the storage.
+    assert _saved_bytes(lambda: (x[:32] * x[32:]).sum()) == x.nbytes
 
 
 def test_attention_benchmark_writes_table_csv_and_plot(tmp_path: Path) -> None:

@@ -59,17 +59,18 @@ def _median_time(step: Callable[[], None], device: torch.device, min_time_s: flo
 
 
 def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the tensors autograd saves for backward while ``fn`` runs."""
-    total = 0
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs: each storage once,
+    however many operations save it or views of it (the memory the saved tensors hold)."""
+    storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return total
+    return sum(storages.values())
 
 
 def _attention_forward(
