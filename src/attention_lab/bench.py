@@ -123,11 +123,17 @@ def bench_attention(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _summarise(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tuple, float]:
+def _summarise(
+    rows: list[dict],
+    keys: tuple[str, ...],
+    value: str,
+    statistic: Callable[[list[float]], float] = statistics.median,
+) -> dict[tuple, float]:
+    """``statistic`` (the median unless told) of ``value`` over the rows of each ``keys`` group."""
     groups: dict[tuple, list[float]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row[value])
-    return {k: statistics.median(v) for k, v in groups.items()}
+    return {k: statistic(v) for k, v in groups.items()}
 
 
 def attention_table(rows: list[dict], device: str) -> str:
@@ -285,37 +291,33 @@ def _step_memory(
 
 
 def train_table(rows: list[dict]) -> str:
-    """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, with the
-    ratio to torch (compiled or not alike) and, for compiled rows, the speed-up over eager."""
+    """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, the range
+    over repeats, the ratio to torch (compiled or not alike), for compiled rows the speed-up
+    over eager, and the memory of a step with its ratio to torch."""
     keys = ("experiment", "kind", "compiled")
     rate = _summarise(rows, keys, "samples_per_s")
+    low = _summarise(rows, keys, "samples_per_s", min)
+    high = _summarise(rows, keys, "samples_per_s", max)
     tokens = _summarise(rows, keys, "tokens_per_s")
     memory = _summarise(rows, keys, "memory_mib")
     lines = [
-        "| experiment | kind | compiled | samples/s (median) | tokens/s (median) | vs torch "
-        "| vs eager | memory (MiB) | memory vs torch |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| experiment | kind | compiled | samples/s (median) | samples/s (range) "
+        "| tokens/s (median) | vs torch | vs eager | memory (MiB) | memory vs torch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for experiment, kind, compiled in sorted(rate):
-        value = rate[experiment, kind, compiled]
-        torch_rate = rate.get((experiment, "torch", compiled))
-        vs_torch = f"{value / torch_rate:.2f}x" if torch_rate else "–"
-        vs_eager = f"{value / rate[experiment, kind, False]:.2f}x" if compiled else "–"
-        token_rate = tokens[experiment, kind, compiled]
-        token_cell = f"{token_rate:.0f}" if token_rate else "–"
-        mib, torch_mib = (
-            memory[experiment, kind, compiled],
-            memory.get((experiment, "torch", compiled)),
-        )
-        memory_cells = (
-            "– | –"
-            if math.isnan(mib)
-            else f"{mib:.1f} | "
-            + (f"{mib / torch_mib:.2f}x" if torch_mib and not math.isnan(torch_mib) else "–")
-        )
+    for key in sorted(rate):
+        experiment, kind, compiled = key
+        reference = (experiment, "torch", compiled)
+        vs_torch = f"{rate[key] / rate[reference]:.2f}x" if reference in rate else "–"
+        vs_eager = f"{rate[key] / rate[experiment, kind, False]:.2f}x" if compiled else "–"
+        token_cell = f"{tokens[key]:.0f}" if tokens[key] else "–"
+        mib, torch_mib = memory[key], memory.get(reference, math.nan)
+        mib_cell = "–" if math.isnan(mib) else f"{mib:.1f}"
+        mib_ratio = "–" if math.isnan(mib / torch_mib) else f"{mib / torch_mib:.2f}x"
         lines.append(
-            f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {value:.0f} "
-            f"| {token_cell} | {vs_torch} | {vs_eager} | {memory_cells} |"
+            f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {rate[key]:.0f} "
+            f"| {low[key]:.0f}–{high[key]:.0f} | {token_cell} | {vs_torch} | {vs_eager} "
+            f"| {mib_cell} | {mib_ratio} |"
         )
     return "\n".join(lines)
 
