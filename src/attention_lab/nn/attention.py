@@ -109,7 +109,9 @@ class MultiHeadAttention(nn.Module):
     ``fused=True`` is the named fast path (``model.attention=scratch_fused``): the same
     projections and masks, but when no weights are asked for, the attention itself runs in
     PyTorch's fused ``F.scaled_dot_product_attention`` kernel. A query row with no allowed key
-    gives NaN there instead of zeros; padding masks never produce one.
+    gives NaN there instead of zeros; padding masks never produce one. On the CPU, PyTorch has
+    no fused kernel with dropout: with ``dropout_p > 0`` (training) it runs its own explicit
+    math instead, as ``nn.MultiheadAttention`` does then too.
     """
 
     def __init__(
