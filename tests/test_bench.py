@@ -142,3 +142,33 @@ def test_data_benchmark_runs_the_augmented_pipeline(tmp_path: Path, tiny_mnist: 
         ]
     )
     assert "| vit_mnist |" in (tmp_path / "data.md").read_text()
+
+
+def test_inference_benchmark_writes_its_own_table(tmp_path: Path) -> None:
+    main(
+        [
+            "train",
+            "--inference",
+            "--out",
+            str(tmp_path),
+            "--experiments",
+            "vit_mnist",
+            "--repeats",
+            "1",
+            "--min-time",
+            "0.01",
+            "--overrides",
+            "model.n_layers=1",
+            "data.batch_size=8",
+        ]
+    )
+    assert not (tmp_path / "train.md").exists()  # a training table is not overwritten
+    rows = [
+        line.split("|")[2:-1]
+        for line in (tmp_path / "inference.md").read_text().splitlines()
+        if line.startswith("| vit_mnist |")
+    ]
+    assert sorted(row[0].strip() for row in rows) == ["scratch", "scratch_fused", "torch"]
+    for row in rows:
+        assert float(row[2]) > 0  # samples/s
+        assert [c.strip() for c in row[-2:]] == ["–", "–"]  # inference saves nothing for backward

@@ -7,7 +7,8 @@
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
   size; samples/s, and tokens/s for translation), every attention kind measured in one process,
   interleaved, several repeats, median reported, with the ratio to ``torch``; with
-  ``--compile``, each kind also compiled, with its speed-up over eager.
+  ``--compile``, each kind also compiled, with its speed-up over eager; with ``--inference``,
+  forward passes in eval mode instead (no dropout, no gradients: where fused kernels run).
 - ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
   augmentation), to compare with what a model consumes.
 
@@ -221,6 +222,11 @@ def _train_step(loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimiz
     optimizer.step()
 
 
+def _inference_step(loss: Callable[[], torch.Tensor]) -> None:
+    with torch.inference_mode():
+        loss()
+
+
 def bench_train(args: argparse.Namespace) -> list[dict]:
     """Training steps of whole models on synthetic batches, per attention kind, interleaved.
 
@@ -250,14 +256,15 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                     loss, samples, tokens = _translation_step(cfg, net, device, args.seq_len)
                 else:
                     loss, samples, tokens = _classification_step(cfg, net, device)
-                optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-                step = partial(_train_step, loss, optimizer)
-                variants[kind, compiled] = (
-                    step,
-                    samples,
-                    tokens,
-                    _step_memory(step, loss, device, compiled),
-                )
+                if args.inference:
+                    net.eval()  # no dropout: the fused kernels can run
+                    step = partial(_inference_step, loss)
+                    memory = _step_memory(step, None, device, compiled)
+                else:
+                    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+                    step = partial(_train_step, loss, optimizer)
+                    memory = _step_memory(step, loss, device, compiled)
+                variants[kind, compiled] = (step, samples, tokens, memory)
         for repeat in range(args.repeats):
             for (kind, compiled), (step, samples, tokens, memory) in variants.items():
                 seconds = _median_time(step, device, args.min_time)
@@ -277,17 +284,21 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
 
 
 def _step_memory(
-    step: Callable[[], None], loss: Callable[[], torch.Tensor], device: torch.device, compiled: bool
+    step: Callable[[], None],
+    loss: Callable[[], torch.Tensor] | None,
+    device: torch.device,
+    compiled: bool,
 ) -> float:
-    """Bytes one training step needs: the peak allocated on a GPU; on the CPU, the tensors
-    autograd saves for backward (the activations, which is where attention kinds differ), for
-    eager models only (NaN when compiled: the compiled graph keeps its own saved tensors)."""
+    """Bytes one step needs: the peak allocated on a GPU; on the CPU, the tensors autograd
+    saves for backward (the activations, which is where attention kinds differ) of a training
+    step of an eager model; NaN otherwise (inference saves nothing; a compiled graph keeps its
+    own saved tensors, which the hooks do not see)."""
     if device.type == "cuda":
         step()  # the optimizer state exists before the peak is measured
         torch.cuda.reset_peak_memory_stats()
         step()
         return float(torch.cuda.max_memory_allocated())
-    return float("nan") if compiled else float(_saved_bytes(loss))
+    return float("nan") if compiled or loss is None else float(_saved_bytes(loss))
 
 
 def train_table(rows: list[dict]) -> str:
@@ -379,6 +390,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="train: also measure each kind compiled"
     )
+    parser.add_argument(
+        "--inference",
+        action="store_true",
+        help="train: measure forward passes in eval mode (no dropout, no gradients) instead",
+    )
     parser.add_argument("--data-dir", default=".data")
     parser.add_argument(
         "--overrides", nargs="*", default=[], help="Hydra overrides, e.g. data.batch_size=256"
@@ -403,13 +419,14 @@ def main(argv: list[str] | None = None) -> None:
         table = "| experiment | data samples/s (median) |\n| --- | --- |\n" + "\n".join(
             f"| {experiment} | {value:.0f} |" for (experiment,), value in sorted(rate.items())
         )
-    with (args.out / f"{args.what}.csv").open("w", newline="") as handle:
+    name = "inference" if args.what == "train" and args.inference else args.what
+    with (args.out / f"{name}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (args.out / f"{args.what}.md").write_text(table + "\n")
+    (args.out / f"{name}.md").write_text(table + "\n")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"{args.what} benchmark on {device_name}, {torch.get_num_threads()} threads\n\n{table}")
+    print(f"{name} benchmark on {device_name}, {torch.get_num_threads()} threads\n\n{table}")
     print(f"\nWritten to {args.out}/")
 
 
