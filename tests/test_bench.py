@@ -11,6 +11,17 @@ import torch
 from attention_lab.bench import _saved_bytes, main
 
 
+def _train_table(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+    """A ``train``/``inference`` table as {(experiment, kind, compiled): {column: cell}}."""
+    header, _, *lines = path.read_text().splitlines()
+    columns = [cell.strip() for cell in header.split("|")[1:-1]]
+    table = {}
+    for line in lines:
+        row = dict(zip(columns, (cell.strip() for cell in line.split("|")[1:-1]), strict=True))
+        table[row["experiment"], row["kind"], row["compiled"]] = row
+    return table
+
+
 def test_saved_bytes_counts_each_saved_storage_once() -> None:
     x = torch.randn(64, 32, requires_grad=True)  # 8 KiB
     y = torch.randn(64, 32)
@@ -71,20 +82,19 @@ def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:
             "0.01",
         ]
     )
-    table = (tmp_path / "train.md").read_text()
-    cells = {
-        line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]]
-        for line in table.splitlines()
-        if line.startswith("| mnist_encoder |")
+    table = _train_table(tmp_path / "train.md")
+    assert set(table) == {
+        ("mnist_encoder", kind, "no") for kind in ("scratch", "scratch_fused", "torch")
     }
-    assert set(cells) == {"scratch", "scratch_fused", "torch"}
-    # columns: compiled, samples/s, its range over repeats, tokens/s, vs torch, vs eager,
-    # memory (MiB), memory vs torch
-    assert cells["torch"][4] == "1.00x" and cells["torch"][7] == "1.00x"
-    for kind, row in cells.items():
-        low, high = (float(x) for x in row[2].split("–"))
-        assert 0 < low <= float(row[1]) <= high, kind
-        assert float(row[6]) > 0 and row[7] == f"{float(row[6]) / float(cells['torch'][6]):.2f}x"
+    torch_row = table["mnist_encoder", "torch", "no"]
+    assert torch_row["vs torch"] == "1.00x" and torch_row["memory vs torch"] == "1.00x"
+    for (_, kind, _), row in table.items():
+        low, high = (float(x) for x in row["samples/s (range)"].split("–"))
+        assert 0 < low <= float(row["samples/s (median)"]) <= high, kind
+        mib = float(row["memory (MiB)"])
+        assert (
+            mib > 0 and row["memory vs torch"] == f"{mib / float(torch_row['memory (MiB)']):.2f}x"
+        )
 
 
 @pytest.mark.slow
@@ -117,12 +127,13 @@ def test_train_benchmark_counts_translation_tokens_and_compiled_speedup(tmp_path
     assert {row["compiled"] for row in rows} == {"False", "True"}
     for row in rows:  # every step trains 4 sentence pairs of 5 target tokens
         assert float(row["tokens_per_s"]) == pytest.approx(5 * float(row["samples_per_s"]))
-    table = (tmp_path / "train.md").read_text()
-    compiled_row = next(line for line in table.splitlines() if "| scratch | yes |" in line)
-    vs_eager, memory, memory_vs_torch = (c.strip() for c in compiled_row.split("|")[8:11])
+    table = _train_table(tmp_path / "train.md")
+    compiled_row = table["multi30k_transformer", "scratch", "yes"]
+    vs_eager = compiled_row["vs eager"]
     assert vs_eager.endswith("x") and float(vs_eager[:-1]) > 0  # the speed-up over eager
-    assert (memory, memory_vs_torch) == ("–", "–")  # saved tensors of compiled graphs: not seen
-    assert "| scratch | no |" in table
+    # saved tensors of compiled graphs: not seen
+    assert (compiled_row["memory (MiB)"], compiled_row["memory vs torch"]) == ("–", "–")
+    assert ("multi30k_transformer", "scratch", "no") in table
 
 
 def test_data_benchmark_runs_the_augmented_pipeline(tmp_path: Path, tiny_mnist: Path) -> None:
@@ -163,12 +174,11 @@ def test_inference_benchmark_writes_its_own_table(tmp_path: Path) -> None:
         ]
     )
     assert not (tmp_path / "train.md").exists()  # a training table is not overwritten
-    rows = [
-        line.split("|")[2:-1]
-        for line in (tmp_path / "inference.md").read_text().splitlines()
-        if line.startswith("| vit_mnist |")
-    ]
-    assert sorted(row[0].strip() for row in rows) == ["scratch", "scratch_fused", "torch"]
-    for row in rows:
-        assert float(row[2]) > 0  # samples/s
-        assert [c.strip() for c in row[-2:]] == ["–", "–"]  # inference saves nothing for backward
+    table = _train_table(tmp_path / "inference.md")
+    assert set(table) == {
+        ("vit_mnist", kind, "no") for kind in ("scratch", "scratch_fused", "torch")
+    }
+    for row in table.values():
+        assert float(row["samples/s (median)"]) > 0
+        # inference saves nothing for backward
+        assert (row["memory (MiB)"], row["memory vs torch"]) == ("–", "–")
