@@ -294,7 +294,7 @@ def _step_memory(
     step of an eager model; NaN otherwise (inference saves nothing; a compiled graph keeps its
     own saved tensors, which the hooks do not see)."""
     if device.type == "cuda":
-        step()  # the optimizer state exists before the peak is measured
+        step()  # lazily built state (optimizer moments, compiled graph) exists before the peak
         torch.cuda.reset_peak_memory_stats()
         step()
         return float(torch.cuda.max_memory_allocated())
