@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attention_lab.nn.attention import (
+    ATTENTION_KINDS,
     MultiHeadAttention,
     build_attention,
     causal_mask,
@@ -222,60 +223,90 @@ class TestMultiHeadAttention:
         torch.testing.assert_close(out_perm, out[:, perm], atol=ATOL, rtol=0)
         torch.testing.assert_close(weights_perm, weights[:, perm][:, :, perm], atol=ATOL, rtol=0)
 
-    def test_float_masks_are_refused_with_a_clear_error(self) -> None:
+    def test_float_masks_are_added_to_the_scores_as_torch_does(self) -> None:
+        # The mask every PyTorch tutorial builds: 0 on and below the diagonal, -inf above.
+        reference, ours = _pair()
+        x = torch.randn(2, 6, 16)
+        float_causal = nn.Transformer.generate_square_subsequent_mask(6)
+        expected = reference(x, x, x, attn_mask=float_causal)
+        actual = ours(x, x, x, attn_mask=float_causal)
+        torch.testing.assert_close(actual[0], expected[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(actual[1], expected[1], atol=ATOL, rtol=0)
+        torch.testing.assert_close(actual[0], ours(x, x, x, is_causal=True)[0], atol=ATOL, rtol=0)
+
+    def test_integer_masks_are_refused_with_a_clear_error(self) -> None:
         _, ours = _pair()
         x = torch.randn(1, 3, 16)
-        with pytest.raises(TypeError, match="boolean masks"):
-            ours(x, x, x, key_padding_mask=torch.zeros(1, 3))
+        with pytest.raises(TypeError, match=r"key_padding_mask has dtype torch\.int64"):
+            ours(x, x, x, key_padding_mask=torch.zeros(1, 3, dtype=torch.long))
 
     def test_heads_must_divide_the_width(self) -> None:
         with pytest.raises(ValueError, match="d_model=10 is not divisible by n_heads=4"):
             MultiHeadAttention(10, 4)
 
 
-class TestScratchFused:
-    """The named fast path computes what the explicit path computes."""
+@pytest.mark.parametrize("kernel", ["fused", "flash"])
+class TestFastKernels:
+    """The named fast paths compute what the explicit path computes."""
 
-    def _pair(self) -> tuple[MultiHeadAttention, MultiHeadAttention]:
+    def _pair(self, kernel: str) -> tuple[MultiHeadAttention, MultiHeadAttention]:
         torch.manual_seed(0)
         explicit = MultiHeadAttention(16, 4, batch_first=True)
-        fused = MultiHeadAttention(16, 4, batch_first=True, fused=True)
-        fused.load_state_dict(explicit.state_dict())
-        return explicit, fused
+        fast = MultiHeadAttention(16, 4, batch_first=True, kernel=kernel)
+        fast.load_state_dict(explicit.state_dict())
+        return explicit, fast
 
-    def test_outputs_and_gradients_match_with_padding_and_causal_masks(self) -> None:
-        explicit, fused = self._pair()
+    @pytest.mark.parametrize("causal", ["mask", "is_causal"])
+    def test_outputs_and_gradients_match_with_padding_and_causal_masks(
+        self, kernel: str, causal: str
+    ) -> None:
+        explicit, fast = self._pair(kernel)
         padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
-        blocked = ~causal_mask(6)
+        masks = {"attn_mask": ~causal_mask(6)} if causal == "mask" else {"is_causal": True}
         x = torch.randn(2, 6, 16)
         results = []
-        for module in (explicit, fused):
+        for module in (explicit, fast):
             leaf = x.clone().requires_grad_()
-            out, _ = module(
-                leaf, leaf, leaf, key_padding_mask=padding, attn_mask=blocked, need_weights=False
-            )
+            out, _ = module(leaf, leaf, leaf, key_padding_mask=padding, need_weights=False, **masks)
             out.square().sum().backward()
             results.append([out, leaf.grad, module.in_proj_weight.grad])
         for expected, actual in zip(*results, strict=True):
             torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
-    def test_weights_when_asked_come_from_the_explicit_path(self) -> None:
-        explicit, fused = self._pair()
+    def test_weights_when_asked_come_from_the_explicit_path(self, kernel: str) -> None:
+        explicit, fast = self._pair(kernel)
         x = torch.randn(2, 5, 16)
-        torch.testing.assert_close(fused(x, x, x)[1], explicit(x, x, x)[1])
+        torch.testing.assert_close(fast(x, x, x)[1], explicit(x, x, x)[1])
+        torch.testing.assert_close(
+            fast(x, x, x, is_causal=True)[1], explicit(x, x, x, is_causal=True)[1]
+        )
 
 
 class TestBuildAttention:
     def test_kinds_have_equal_parameter_counts(self) -> None:
-        scratch = build_attention("scratch", d_model=32, n_heads=4, dropout=0.1)
-        fused = build_attention("scratch_fused", d_model=32, n_heads=4, dropout=0.1)
-        reference = build_attention("torch", d_model=32, n_heads=4, dropout=0.1)
-        assert isinstance(scratch, MultiHeadAttention) and not scratch.fused
-        assert isinstance(fused, MultiHeadAttention) and fused.fused
-        assert isinstance(reference, nn.MultiheadAttention) and reference.batch_first
-        counts = [sum(p.numel() for p in m.parameters()) for m in (scratch, fused, reference)]
-        assert counts == [4 * 32 * 32 + 4 * 32] * 3
+        modules = {
+            kind: build_attention(kind, d_model=32, n_heads=4, dropout=0.1)
+            for kind in ATTENTION_KINDS
+        }
+        for kind, kernel in [
+            ("scratch", "explicit"),
+            ("scratch_fused", "fused"),
+            ("scratch_flash", "flash"),
+        ]:
+            assert isinstance(modules[kind], MultiHeadAttention)
+            assert modules[kind].kernel == kernel and modules[kind].batch_first
+        assert isinstance(modules["torch"], nn.MultiheadAttention) and modules["torch"].batch_first
+        counts = {kind: sum(p.numel() for p in m.parameters()) for kind, m in modules.items()}
+        assert set(counts.values()) == {4 * 32 * 32 + 4 * 32}
 
     def test_unknown_kind_names_the_choices(self) -> None:
-        with pytest.raises(ValueError, match=r"attention='flash' .* scratch, scratch_fused, torch"):
+        with pytest.raises(
+            ValueError, match=r"attention='flash' .* scratch, scratch_fused, scratch_flash, torch"
+        ):
             build_attention("flash", d_model=8, n_heads=2)
+
+    def test_unknown_kernel_and_bad_block_sizes_name_the_argument(self) -> None:
+        with pytest.raises(ValueError, match="kernel='triton' is not known"):
+            MultiHeadAttention(8, 2, kernel="triton")
+        with pytest.raises(ValueError, match="block_q=0 must be a positive integer"):
+            MultiHeadAttention(8, 2, kernel="flash", block_q=0)

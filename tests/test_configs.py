@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from attention_lab.nn.attention import ATTENTION_KINDS
 from attention_lab.training import train
 from tests.conftest import CONF_DIR, ComposeFn, run_train_py
 
@@ -52,7 +53,7 @@ def test_there_are_experiments() -> None:
 
 
 @pytest.mark.parametrize("experiment", _experiments())
-@pytest.mark.parametrize("attention", ["scratch", "scratch_fused", "torch"])
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
 def test_every_experiment_runs_a_step(
     compose_config: ComposeFn,
     tiny_mnist: Path,

@@ -12,7 +12,7 @@ from attention_lab.nn.blocks import EncoderBlock, keep_attention_weights
 SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 2, "d_ff": 32, "dropout": 0.0}
 
 
-@pytest.mark.parametrize("other", ["torch", "scratch_fused"])
+@pytest.mark.parametrize("other", ["torch", "scratch_fused", "scratch_flash"])
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_every_attention_kind_computes_the_same_function(norm_first: bool, other: str) -> None:
     torch.manual_seed(0)

@@ -9,22 +9,26 @@ Shape legend, used in every shape comment of this package:
     E  model width (d_model)   H  number of heads           D  width of one head (d_head = E / H)
 
 Mask convention, one for the whole project: a boolean attention mask says True = may attend,
-as ``torch.nn.functional.scaled_dot_product_attention`` takes it. ``nn.MultiheadAttention``
-speaks the opposite (its boolean ``key_padding_mask`` and ``attn_mask`` say True = ignore);
-``MultiHeadAttention`` keeps that signature so that it stays a drop-in replacement, and
-``merge_masks`` is the one place where it is turned into ours.
+as ``torch.nn.functional.scaled_dot_product_attention`` takes it; a float mask is added to the
+scores (-inf = may not attend). ``nn.MultiheadAttention`` speaks the opposite for booleans (its
+``key_padding_mask`` and ``attn_mask`` say True = ignore); ``MultiHeadAttention`` keeps that
+signature so that it stays a drop-in replacement, and ``merge_masks`` is the one place where it is
+turned into ours.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ATTENTION_KINDS = ("scratch", "scratch_fused", "torch")
+from attention_lab.nn.flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, flash_attention
+
+ATTENTION_KINDS = ("scratch", "scratch_fused", "scratch_flash", "torch")
+KERNELS = ("explicit", "fused", "flash")  # how MultiHeadAttention computes the attention itself
+_KERNEL_OF_KIND = {"scratch": "explicit", "scratch_fused": "fused", "scratch_flash": "flash"}
 
 
 def scaled_dot_product_attention(
@@ -34,26 +38,30 @@ def scaled_dot_product_attention(
     mask: Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """softmax(q k^T / sqrt(d_k)) v, with the attention weights.
+    """softmax(q k^T / sqrt(d_k) + mask) v, with the attention weights.
 
     q: (..., T, d_k), k: (..., S, d_k), v: (..., S, d_v); any number of leading dims.
     mask: boolean, True = may attend, broadcastable to (..., T, S); or a float mask that is added
-    to the scores (as in ``F.scaled_dot_product_attention``).
+    to the scores (as in ``F.scaled_dot_product_attention``), -inf where a query may not attend.
     A query row that may attend to nothing gets zero weights and a zero output, never NaN.
     Returns (output (..., T, d_v), weights (..., T, S)); the weights are the probabilities before
     dropout.
     """
     d_k = q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T, S)
-    if mask is not None and mask.dtype == torch.bool:
-        # The most negative finite number rather than -inf: a row with no allowed key then gets
+    if mask is not None:
+        # The most negative finite number stands in for -inf: a row with no allowed key then gets
         # a finite (uniform) softmax that we zero below, and its gradient stays finite too.
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    elif mask is not None:
-        scores = scores + mask
+        lowest = torch.finfo(scores.dtype).min
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, lowest)
+            has_key = mask.any(dim=-1, keepdim=True)  # (..., T|1, 1)
+        else:
+            scores = (scores + mask).clamp_min(lowest)
+            has_key = (mask > -math.inf).any(dim=-1, keepdim=True)  # (..., T|1, 1)
     weights = scores.softmax(dim=-1)  # (..., T, S)
-    if mask is not None and mask.dtype == torch.bool:
-        weights = weights * mask.any(dim=-1, keepdim=True)  # fully masked rows -> 0
+    if mask is not None:
+        weights = weights * has_key  # rows with no allowed key -> 0
     attended = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights
     return attended @ v, weights  # (..., T, d_v), (..., T, S)
 
@@ -69,31 +77,61 @@ def merge_masks(
     *,
     batch_size: int,
     num_heads: int,
+    tgt_len: int,
+    src_len: int,
+    dtype: torch.dtype,
 ) -> Tensor | None:
-    """Turn ``nn.MultiheadAttention``-style masks (True = ignore) into one mask of ours.
+    """Turn ``nn.MultiheadAttention``-style masks into one mask of ours: the one place that does.
 
-    key_padding_mask: (B, S), True = padding. attn_mask: (T, S) or (B*H, T, S), True = ignore.
-    Returns a boolean mask, True = may attend, broadcastable to (B, H, T, S), or None.
+    key_padding_mask: (B, S); attn_mask: (T, S) or (B*H, T, S). Each is boolean (True = ignore)
+    or float (added to the scores). Returns None, or a mask broadcastable to (B, H, T, S):
+    boolean (True = may attend) when both are boolean, else float (-inf = may not attend), as
+    ``nn.MultiheadAttention`` merges a boolean mask with a float one.
     """
-    allowed = None
+    masks = []
     if key_padding_mask is not None:
-        _require_bool(key_padding_mask, "key_padding_mask")
-        allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        _check_mask(key_padding_mask, "key_padding_mask", (batch_size, src_len), dtype)
+        masks.append(key_padding_mask[:, None, None, :])  # (B, 1, 1, S)
     if attn_mask is not None:
-        _require_bool(attn_mask, "attn_mask")
-        if attn_mask.dim() == 3:
-            attn_mask = attn_mask.view(batch_size, num_heads, *attn_mask.shape[-2:])  # (B, H, T, S)
-        allowed_by_attn = ~attn_mask  # (T, S) or (B, H, T, S)
-        allowed = allowed_by_attn if allowed is None else allowed & allowed_by_attn
-    return allowed
+        if attn_mask.dim() == 2:
+            _check_mask(attn_mask, "attn_mask", (tgt_len, src_len), dtype)
+        else:
+            shape = (batch_size * num_heads, tgt_len, src_len)
+            _check_mask(attn_mask, "attn_mask", shape, dtype)
+            attn_mask = attn_mask.view(batch_size, num_heads, tgt_len, src_len)  # (B, H, T, S)
+        masks.append(attn_mask)
+    if not masks:
+        return None
+    if all(m.dtype == torch.bool for m in masks):
+        allowed = ~masks[0]
+        for mask in masks[1:]:
+            allowed = allowed & ~mask
+        return allowed  # (B|1, H|1, T, S)
+    additive = [
+        torch.zeros_like(m, dtype=dtype).masked_fill(m, -math.inf) if m.dtype == torch.bool else m
+        for m in masks
+    ]
+    return additive[0] if len(additive) == 1 else additive[0] + additive[1]  # (B|1, H|1, T, S)
 
 
-def _require_bool(mask: Tensor, name: str) -> None:
-    if mask.dtype != torch.bool:
+def _check_mask(mask: Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if mask.dtype != torch.bool and mask.dtype != dtype:
         raise TypeError(
-            f"MultiHeadAttention takes boolean masks; {name} has dtype {mask.dtype}. "
-            f"Pass a bool tensor (True = ignore, as nn.MultiheadAttention)."
+            f"{name} has dtype {mask.dtype}; pass a bool mask (True = ignore) or a float mask of "
+            f"the query's dtype ({dtype}), added to the scores"
         )
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}; expected {shape}")
+
+
+def _append_allowed_keys(mask: Tensor | None, count: int) -> Tensor | None:
+    """The mask with ``count`` more key columns that every query may attend to."""
+    if mask is None:
+        return None
+    extra = torch.full(
+        (*mask.shape[:-1], count), mask.dtype == torch.bool, dtype=mask.dtype, device=mask.device
+    )  # True (bool) or 0.0 (float): allowed
+    return torch.cat([mask, extra], dim=-1)  # (..., S + count)
 
 
 class MultiHeadAttention(nn.Module):
@@ -102,16 +140,26 @@ class MultiHeadAttention(nn.Module):
     "MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O where
     head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)" (section 3.2.2)
 
-    Parameters carry ``nn.MultiheadAttention``'s names, shapes and initialisation
-    (``in_proj_weight`` or ``q/k/v_proj_weight`` when kdim/vdim differ, ``in_proj_bias``,
-    ``out_proj``), so a state_dict loads in either direction and gives the same outputs.
+    The constructor takes ``nn.MultiheadAttention``'s arguments in its order, and the parameters
+    carry its names, shapes and initialisation (``in_proj_weight``, or ``q/k/v_proj_weight``
+    when kdim/vdim differ; ``in_proj_bias``; ``bias_k``/``bias_v`` with ``add_bias_kv``;
+    ``out_proj``), so a state_dict loads in either direction and gives the same outputs. The
+    forward takes its arguments too: batched (B, T, E) / (T, B, E) or unbatched (T, E) inputs,
+    boolean or float masks, ``need_weights``, ``average_attn_weights``, ``is_causal``.
 
-    ``fused=True`` is the named fast path (``model.attention=scratch_fused``): the same
-    projections and masks, but when no weights are asked for, the attention itself runs in
-    PyTorch's fused ``F.scaled_dot_product_attention`` kernel. A query row with no allowed key
-    gives NaN there instead of zeros; padding masks never produce one. On the CPU, PyTorch has
-    no fused kernel with dropout: with ``dropout_p > 0`` (training) it runs its own explicit
-    math instead, as ``nn.MultiheadAttention`` does then too.
+    ``kernel`` picks how the attention itself is computed (the projections and masks are ours in
+    every case):
+        "explicit"  this module's ``scaled_dot_product_attention``   (model.attention=scratch)
+        "fused"     PyTorch's ``F.scaled_dot_product_attention``    (scratch_fused)
+        "flash"     our blockwise ``flash.flash_attention``           (scratch_flash)
+    "fused" and "flash" never form the weights; when ``need_weights`` asks for them, the call
+    takes the explicit path. On the CPU, PyTorch has no fused kernel with dropout: "fused" in
+    training with ``dropout > 0`` runs PyTorch's own explicit math, as ``nn.MultiheadAttention``
+    does then too. ``block_q`` and ``block_k`` are the flash kernel's block sizes.
+
+    Query rows with no allowed key (every key masked) give a zero attention output on every kernel
+    here; ``nn.MultiheadAttention`` gives NaN for them when it returns weights and in its eval
+    fast path, and zeros otherwise (torch 2.14, CPU; ``tests/test_attention.py`` pins this).
     """
 
     def __init__(
@@ -120,13 +168,17 @@ class MultiHeadAttention(nn.Module):
         num_heads: int,
         dropout: float = 0.0,
         bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
         kdim: int | None = None,
         vdim: int | None = None,
         batch_first: bool = False,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
         *,
-        fused: bool = False,
+        kernel: str = "explicit",
+        block_q: int = DEFAULT_BLOCK_Q,
+        block_k: int = DEFAULT_BLOCK_K,
     ) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
@@ -136,6 +188,11 @@ class MultiHeadAttention(nn.Module):
                 f"d_model={embed_dim} is not divisible by n_heads={num_heads}: "
                 f"each head gets d_model / n_heads features"
             )
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r} is not known; choose one of {', '.join(KERNELS)}")
+        for name, size in (("block_q", block_q), ("block_k", block_k)):
+            if not isinstance(size, int) or size <= 0:
+                raise ValueError(f"{name}={size!r} must be a positive integer (a number of rows)")
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
@@ -145,8 +202,11 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
         self.batch_first = batch_first
-        self.fused = fused
+        self.add_zero_attn = add_zero_attn
+        self.kernel = kernel
+        self.block_q, self.block_k = block_q, block_k
 
+        # Created in nn.MultiheadAttention's order, so that one seed gives both the same values.
         if self._qkv_same_embed_dim:
             self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
             self.register_parameter("q_proj_weight", None)
@@ -162,6 +222,12 @@ class MultiHeadAttention(nn.Module):
         else:
             self.register_parameter("in_proj_bias", None)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        if add_bias_kv:
+            # A learned key and value appended to every sequence: one more position to attend to.
+            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+        else:
+            self.bias_k = self.bias_v = None
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -174,6 +240,9 @@ class MultiHeadAttention(nn.Module):
         if self.in_proj_bias is not None:
             nn.init.zeros_(self.in_proj_bias)
             nn.init.zeros_(self.out_proj.bias)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Input projections W^Q, W^K, W^V: one matmul for self-attention, and one for the keys
@@ -209,43 +278,111 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Same arguments and return value as ``nn.MultiheadAttention.forward``.
 
-        Masks take ``nn.MultiheadAttention``'s convention (boolean, True = ignore).
-        ``is_causal`` is only a hint there, so ``attn_mask`` must hold the causal mask; here a
-        causal mask is built when ``attn_mask`` is None. Returns (output, weights) with weights
-        (B, T, S) averaged over heads or (B, H, T, S) per head, or None if not ``need_weights``.
+        Inputs: (B, T, E) with ``batch_first``, else (T, B, E); or unbatched (T, E).
+        Masks take ``nn.MultiheadAttention``'s convention: boolean True = ignore, or float, added
+        to the scores; key_padding_mask (B, S) or (S,), attn_mask (T, S) or (B*H, T, S).
+        ``is_causal`` is a hint there that ``attn_mask`` holds the causal mask; here it also
+        builds that mask when ``attn_mask`` is None, where ``nn.MultiheadAttention`` refuses.
+        Returns (output, weights): weights (B, T, S) averaged over heads or (B, H, T, S) per
+        head ((T, S) or (H, T, S) unbatched), or None if not ``need_weights``.
         """
-        if not self.batch_first:
+        batched = _check_inputs(query, key, value, self.embed_dim)
+        if not batched:  # one sequence: a batch of one, squeezed again at the end
+            query, key, value = (x.unsqueeze(0) for x in (query, key, value))  # (1, ., E)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)  # (1, S)
+        elif not self.batch_first:
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))  # (B, ., E)
         batch, tgt_len, _ = query.shape
         src_len = key.size(1)
 
-        if is_causal and attn_mask is None:
+        if key.size(0) != batch:
+            raise ValueError(f"query holds {batch} sequences but key {key.size(0)}")
+        # The flash kernel takes causality as a flag and skips the blocks it hides; every other
+        # path gets the mask. Extra keys (bias_kv, zero_attn) are appended after the source
+        # positions and stay visible to all queries, so they need the mask too.
+        flash_causal = (
+            is_causal
+            and self.kernel == "flash"
+            and not need_weights
+            and self.bias_k is None
+            and not self.add_zero_attn
+        )
+        if is_causal and attn_mask is None and not flash_causal:
             attn_mask = ~causal_mask(tgt_len, device=query.device)  # (T, T), True = ignore
         mask = merge_masks(
-            key_padding_mask, attn_mask, batch_size=batch, num_heads=self.num_heads
-        )  # (B|1, H|1, T, S) or None
+            key_padding_mask,
+            attn_mask,
+            batch_size=batch,
+            num_heads=self.num_heads,
+            tgt_len=tgt_len,
+            src_len=src_len,
+            dtype=query.dtype,
+        )  # (B|1, H|1, T, S), bool (True = may attend) or float, or None
 
         q, k, v = self._project(query, key, value)  # (B, T, E), (B, S, E), (B, S, E)
+        if self.bias_k is not None:  # as nn.MultiheadAttention: one more key and value
+            k = torch.cat([k, self.bias_k.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
+            v = torch.cat([v, self.bias_v.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
+            mask = _append_allowed_keys(mask, 1)
         q = q.view(batch, tgt_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(batch, src_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
-        v = v.view(batch, src_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+        k = k.view(batch, k.size(1), self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+        v = v.view(batch, v.size(1), self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+        if self.add_zero_attn:  # and one more all-zero key and value per head
+            k = torch.cat([k, k.new_zeros(batch, self.num_heads, 1, self.head_dim)], dim=2)
+            v = torch.cat([v, v.new_zeros(batch, self.num_heads, 1, self.head_dim)], dim=2)
+            mask = _append_allowed_keys(mask, 1)  # (B|1, H|1, T, S+1)
 
         dropout_p = self.dropout if self.training else 0.0
-        if self.fused and not need_weights:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p
-            )  # (B, H, T, D)
-            weights = None  # the kernel never forms them
-        else:
+        weights = None
+        if need_weights or self.kernel == "explicit":
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T, D)
+        elif self.kernel == "fused":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:
+            out = flash_attention(
+                q,
+                k,
+                v,
+                mask,
+                causal=flash_causal,
+                dropout_p=dropout_p,
+                block_q=self.block_q,
+                block_k=self.block_k,
+            )  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)  # (B, T, E)
         out = self.out_proj(out)  # (B, T, E)
 
-        if not self.batch_first:
+        if not batched:
+            out = out.squeeze(0)  # (T, E)
+        elif not self.batch_first:
             out = out.transpose(0, 1)  # (T, B, E)
         if not need_weights:
             return out, None
-        return out, weights.mean(dim=1) if average_attn_weights else weights
+        if average_attn_weights:
+            weights = weights.mean(dim=1)  # (B, T, S)
+        return out, weights if batched else weights.squeeze(0)
+
+
+def _check_inputs(query: Tensor, key: Tensor, value: Tensor, embed_dim: int) -> bool:
+    """Whether the inputs are batched; a clear error for shapes nn.MultiheadAttention refuses."""
+    if query.dim() not in (2, 3):
+        raise ValueError(
+            f"query has {query.dim()} dims; expected (B, T, E) / (T, B, E), or (T, E) unbatched"
+        )
+    if key.dim() != query.dim() or value.dim() != query.dim():
+        raise ValueError(
+            f"query has {query.dim()} dims but key {key.dim()} and value {value.dim()}: "
+            f"all three must be batched (3 dims) or all unbatched (2 dims)"
+        )
+    if query.size(-1) != embed_dim:
+        raise ValueError(f"query has width {query.size(-1)}; this module takes {embed_dim}")
+    if key.shape[:-1] != value.shape[:-1]:
+        raise ValueError(
+            f"key {tuple(key.shape)} and value {tuple(value.shape)} must agree in all but the "
+            f"last dim (one value per key)"
+        )
+    return query.dim() == 3
 
 
 def build_attention(
@@ -253,17 +390,13 @@ def build_attention(
 ) -> nn.Module:
     """The attention switch, the one place that reads ``model.attention``.
 
-    ``scratch``: this module's explicit math; ``scratch_fused``: the same module with the fused
-    kernel when weights are not needed; ``torch``: ``nn.MultiheadAttention``. All are built
-    batch-first with the same parameters, so any can replace another.
+    ``scratch``: this module's explicit math; ``scratch_fused``: the same module with PyTorch's
+    fused kernel when weights are not needed; ``scratch_flash``: the same module with our
+    hand-written FlashAttention (``flash.py``) when weights are not needed; ``torch``:
+    ``nn.MultiheadAttention``. All are built batch-first with the same parameters, so any can
+    replace another.
     """
-    if kind == "scratch":
-        cls = MultiHeadAttention
-    elif kind == "scratch_fused":
-        cls = partial(MultiHeadAttention, fused=True)
-    elif kind == "torch":
-        cls = nn.MultiheadAttention
-    else:
+    if kind not in ATTENTION_KINDS:
         raise ValueError(
             f"attention={kind!r} is not a known attention kind; choose one of "
             f"{', '.join(ATTENTION_KINDS)}"
@@ -273,4 +406,8 @@ def build_attention(
             f"d_model={d_model} is not divisible by n_heads={n_heads}: "
             f"each head gets d_model / n_heads features"
         )
-    return cls(d_model, n_heads, dropout=dropout, bias=bias, batch_first=True)
+    if kind == "torch":
+        return nn.MultiheadAttention(d_model, n_heads, dropout=dropout, bias=bias, batch_first=True)
+    return MultiHeadAttention(
+        d_model, n_heads, dropout=dropout, bias=bias, batch_first=True, kernel=_KERNEL_OF_KIND[kind]
+    )
