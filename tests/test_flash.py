@@ -1,0 +1,187 @@
+"""The hand-written FlashAttention against the explicit path: values, gradients, masks, dropout."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attention_lab.nn.attention import scaled_dot_product_attention
+from attention_lab.nn.flash import dropout_keep_mask, flash_attention
+
+# Blocks that do not divide the lengths, so every edge case of the tiling is visited.
+BLOCKS = {"block_q": 4, "block_k": 3}
+
+
+def _qkv(t: int = 11, s: int = 10, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 3, t, 8), (2, 3, s, 8), (2, 3, s, 5)]
+    return [torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_() for shape in shapes]
+
+
+def _masks(t: int, s: int) -> dict[str, torch.Tensor | None]:
+    gen = torch.Generator().manual_seed(1)
+    per_entry = torch.rand(2, 3, t, s, generator=gen) > 0.4
+    padding = torch.ones(2, 1, 1, s, dtype=torch.bool)
+    padding[1, ..., s - 4 :] = False
+    additive = torch.randn(t, s, generator=gen)
+    additive[additive < -0.8] = -math.inf
+    return {"none": None, "bool": per_entry, "padding": padding, "float": additive}
+
+
+def _with_causal(mask: torch.Tensor | None, t: int, s: int) -> torch.Tensor:
+    causal = torch.ones(t, s, dtype=torch.bool).tril()  # top-left aligned, as torch.tril
+    if mask is None:
+        return causal
+    if mask.dtype == torch.bool:
+        return mask & causal
+    return mask.masked_fill(~causal, -math.inf)
+
+
+def _value_and_grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [out, *torch.autograd.grad(out.square().sum(), inputs)]
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "padding", "float"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("t", "s"), [(11, 10), (10, 10), (3, 12)])
+def test_values_and_gradients_equal_the_explicit_path(
+    mask_kind: str, causal: bool, t: int, s: int
+) -> None:
+    q, k, v = _qkv(t, s)
+    mask = _masks(t, s)[mask_kind]
+    explicit_mask = _with_causal(mask, t, s) if causal else mask
+    expected = _value_and_grads(scaled_dot_product_attention(q, k, v, explicit_mask)[0], [q, k, v])
+    actual = _value_and_grads(flash_attention(q, k, v, mask, causal=causal, **BLOCKS), [q, k, v])
+    for name, a, e in zip(["out", "dq", "dk", "dv"], actual, expected, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_fp64_agrees_to_fp64_precision() -> None:
+    q, k, v = _qkv(dtype=torch.float64)
+    mask = _masks(11, 10)["bool"]
+    expected = _value_and_grads(scaled_dot_product_attention(q, k, v, mask)[0], [q, k, v])
+    actual = _value_and_grads(flash_attention(q, k, v, mask, **BLOCKS), [q, k, v])
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 2, 5, 64])
+def test_the_result_does_not_depend_on_the_block_sizes(block: int) -> None:
+    q, k, v = _qkv()
+    reference = flash_attention(q, k, v, block_q=11, block_k=10)  # one block each
+    torch.testing.assert_close(
+        flash_attention(q, k, v, block_q=block, block_k=block), reference, atol=1e-6, rtol=1e-6
+    )
+
+
+def test_a_row_with_no_allowed_key_gives_zeros_and_finite_gradients() -> None:
+    q, k, v = _qkv()
+    mask = torch.ones(11, 10, dtype=torch.bool)
+    mask[4] = False  # query 4 may attend to nothing
+    out = flash_attention(q, k, v, mask, **BLOCKS)
+    assert torch.all(out[:, :, 4] == 0)
+    grads = torch.autograd.grad(out.square().sum() + out.sum(), [q, k, v])
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.all(grads[0][:, :, 4] == 0)
+
+
+def test_causal_attention_leaks_nothing_from_the_future() -> None:
+    q, k, v = _qkv(10, 10)
+    out = flash_attention(q, k, v, causal=True, **BLOCKS)
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[:, :, 6:] += 1.0
+    v2[:, :, 6:] -= 1.0
+    changed = flash_attention(q, k2, v2, causal=True, **BLOCKS)
+    torch.testing.assert_close(changed[:, :, :6], out[:, :, :6])
+    assert not torch.allclose(changed[:, :, 6:], out[:, :, 6:])
+
+
+class TestDropout:
+    P = 0.3
+
+    def test_forward_and_backward_apply_one_generated_mask(self) -> None:
+        # The explicit computation with the same keep-mask, built whole: softmax * Z @ V.
+        q, k, v = _qkv(t=11, s=10, dtype=torch.float64)
+        mask = _masks(11, 10)["padding"]
+        keep = dropout_keep_mask(7, self.P, (2, 3), range(11), range(10))  # (B, H, T, S)
+        weights = scaled_dot_product_attention(q, k, v, mask)[1]
+        expected = _value_and_grads((weights * keep / (1 - self.P)) @ v, [q, k, v])
+        actual = _value_and_grads(
+            flash_attention(q, k, v, mask, dropout_p=self.P, seed=7, **BLOCKS), [q, k, v]
+        )
+        for a, e in zip(actual, expected, strict=True):
+            torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12)
+
+    def test_the_keep_mask_depends_on_the_position_not_the_block(self) -> None:
+        whole = dropout_keep_mask(3, self.P, (2, 3), range(40), range(50))
+        block = dropout_keep_mask(3, self.P, (2, 3), range(8, 16), range(20, 35))
+        assert torch.equal(block, whole[..., 8:16, 20:35])
+        assert not torch.equal(dropout_keep_mask(4, self.P, (2, 3), range(40), range(50)), whole)
+
+    def test_keep_rate_and_scaling(self) -> None:
+        keep = dropout_keep_mask(11, self.P, (4, 8), range(256), range(256)).float()
+        n = keep.numel()
+        # Keep rate within 5 standard deviations of 1 - p; rows and columns uncorrelated.
+        assert abs(keep.mean().item() - (1 - self.P)) < 5 * math.sqrt(self.P * (1 - self.P) / n)
+        neighbours = (keep[..., 1:] * keep[..., :-1]).mean().item()
+        assert abs(neighbours - (1 - self.P) ** 2) < 0.01
+        # Uniform attention over S keys: each output is the mean of the kept values / (1 - p),
+        # whose expectation is the plain mean.
+        q = torch.zeros(1, 1, 512, 4)
+        k = torch.zeros(1, 1, 512, 4)
+        v = torch.ones(1, 1, 512, 1)
+        out = flash_attention(q, k, v, dropout_p=self.P, seed=5)
+        assert abs(out.mean().item() - 1.0) < 0.01
+        assert set(torch.unique((out * 512 * (1 - self.P)).round()).tolist()) <= set(range(513))
+
+    def test_a_seed_is_drawn_from_torch_when_none_is_given(self) -> None:
+        q, k, v = _qkv()
+        torch.manual_seed(0)
+        first = flash_attention(q, k, v, dropout_p=self.P)
+        torch.manual_seed(0)
+        again = flash_attention(q, k, v, dropout_p=self.P)
+        third = flash_attention(q, k, v, dropout_p=self.P)
+        torch.testing.assert_close(first, again)
+        assert not torch.allclose(first, third)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_under_autocast(dtype: torch.dtype) -> None:
+    q, k, v = _qkv()
+    mask = _masks(11, 10)["padding"]
+    expected = _value_and_grads(scaled_dot_product_attention(q, k, v, mask)[0], [q, k, v])
+    with torch.autocast("cpu", dtype=dtype):
+        half = [x.to(dtype) for x in (q, k, v)]
+        out = flash_attention(*half, mask, **BLOCKS)
+    assert out.dtype == dtype
+    actual = _value_and_grads(out.float(), [q, k, v])
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a.float(), e, atol=0.05, rtol=0.05)
+
+
+class TestBadInput:
+    def test_block_sizes_must_be_positive(self) -> None:
+        q, k, v = _qkv()
+        with pytest.raises(ValueError, match="block_k=0 must be a positive integer"):
+            flash_attention(q, k, v, block_k=0)
+        with pytest.raises(ValueError, match=r"block_q=-2 must be a positive integer"):
+            flash_attention(q, k, v, block_q=-2)
+
+    def test_mask_of_the_wrong_shape_or_dtype(self) -> None:
+        q, k, v = _qkv()
+        with pytest.raises(ValueError, match=r"mask of shape \(11, 9\) does not broadcast"):
+            flash_attention(q, k, v, torch.ones(11, 9, dtype=torch.bool))
+        with pytest.raises(TypeError, match=r"mask has dtype torch\.int64"):
+            flash_attention(q, k, v, torch.ones(11, 10, dtype=torch.long))
+
+    def test_a_learned_mask_is_refused(self) -> None:
+        q, k, v = _qkv()
+        with pytest.raises(ValueError, match="mask requires grad"):
+            flash_attention(q, k, v, torch.zeros(11, 10, requires_grad=True))
+
+    def test_mismatched_inputs(self) -> None:
+        q, k, v = _qkv()
+        with pytest.raises(ValueError, match="same leading dims"):
+            flash_attention(q, k[:1], v[:1])
