@@ -1,9 +1,14 @@
-"""Benchmarks, runnable by anyone: ``python -m attention_lab.bench {attention,train,data}``.
+"""Benchmarks, runnable by anyone:
+``python -m attention_lab.bench {attention,flash-blocks,train,data}``.
 
 - ``attention``: forward + backward time of one multi-head attention layer per kind, over
-  sequence lengths, and its memory: peak allocated on a GPU; on the CPU, where no allocator
-  reports a peak, the bytes autograd saves for the backward pass (exact, and the part that
-  differs between kinds: the explicit path keeps the (B, H, T, S) weights).
+  sequence lengths, without a mask and (``--masks none causal``) with the causal one, and its
+  memory: peak allocated on a GPU; on the CPU, where no allocator reports a peak, the bytes
+  autograd saves for the backward pass (exact, and the part that differs between kinds: the
+  explicit path keeps the (B, H, T, S) weights). ``nn.MultiheadAttention`` gets the causal mask
+  with its ``is_causal`` hint; ours get ``is_causal`` alone.
+- ``flash-blocks``: ``scratch_flash`` over a grid of (block_q, block_k): how its default block
+  sizes were chosen.
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
   size; samples/s, and tokens/s for translation), every attention kind measured in one process,
   interleaved, several repeats, median reported, with the ratio to ``torch``; with
@@ -34,7 +39,12 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
 
-from attention_lab.nn.attention import ATTENTION_KINDS, build_attention
+from attention_lab.nn.attention import (
+    ATTENTION_KINDS,
+    MultiHeadAttention,
+    build_attention,
+    causal_mask,
+)
 from attention_lab.training import (
     build_model,
     fill_model_settings_from_data,
@@ -75,10 +85,19 @@ def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
 
 
 def _attention_forward(
-    layer: nn.Module, x: torch.Tensor, device: torch.device, autocast: torch.dtype | None
+    layer: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    causal: bool,
 ) -> torch.Tensor:
+    masks = {}
+    if causal:  # nn.MultiheadAttention takes is_causal only as a hint beside the mask itself
+        masks["is_causal"] = True
+        if isinstance(layer, nn.MultiheadAttention):
+            masks["attn_mask"] = ~causal_mask(x.size(1), device=x.device)  # (T, T), True = ignore
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-        return layer(x, x, x, need_weights=False)[0]  # (B, T, E)
+        return layer(x, x, x, need_weights=False, **masks)[0]  # (B, T, E)
 
 
 def _attention_step(forward: Callable[[], torch.Tensor]) -> None:
@@ -86,42 +105,102 @@ def _attention_step(forward: Callable[[], torch.Tensor]) -> None:
 
 
 def bench_attention(args: argparse.Namespace) -> list[dict]:
-    """One attention layer, forward + backward, per kind, dtype and sequence length."""
+    """One attention layer, forward + backward, per kind, mask, dtype and sequence length."""
     device = torch.device(args.device)
     rows = []
     for dtype_name in args.dtypes:
+        for mask in args.masks:
+            for seq_len in args.seq_lens:
+                x = torch.randn(args.batch, seq_len, args.d_model, device=device)
+                for repeat in range(args.repeats):
+                    for kind in args.kinds:  # interleaved, so drifts hit every kind alike
+                        torch.manual_seed(0)
+                        layer = build_attention(kind, d_model=args.d_model, n_heads=args.heads)
+                        forward = partial(
+                            _attention_forward,
+                            layer.to(device),
+                            x.clone().requires_grad_(),
+                            device,
+                            DTYPES[dtype_name],
+                            mask == "causal",
+                        )
+                        seconds, memory = _time_and_memory(forward, device, args.min_time)
+                        rows.append(
+                            {
+                                "dtype": dtype_name,
+                                "mask": mask,
+                                "seq_len": seq_len,
+                                "kind": kind,
+                                "repeat": repeat,
+                                "ms": 1000 * seconds,
+                                "memory_mib": memory / 2**20,
+                            }
+                        )
+    return rows
+
+
+def _time_and_memory(
+    forward: Callable[[], torch.Tensor], device: torch.device, min_time: float
+) -> tuple[float, int]:
+    """Median seconds of forward + backward, and its memory (GPU peak; CPU: saved tensors)."""
+    step = partial(_attention_step, forward)
+    seconds = _median_time(step, device, min_time)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return seconds, torch.cuda.max_memory_allocated()
+    return seconds, _saved_bytes(forward)
+
+
+def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
+    """scratch_flash, forward + backward, over a grid of block sizes: how the defaults were
+    chosen."""
+    device = torch.device(args.device)
+    rows = []
+    for mask in args.masks:
         for seq_len in args.seq_lens:
             x = torch.randn(args.batch, seq_len, args.d_model, device=device)
             for repeat in range(args.repeats):
-                for kind in ATTENTION_KINDS:  # interleaved, so drifts hit every kind alike
-                    torch.manual_seed(0)
-                    layer = build_attention(kind, d_model=args.d_model, n_heads=args.heads)
-                    forward = partial(
-                        _attention_forward,
-                        layer.to(device),
-                        x.clone().requires_grad_(),
-                        device,
-                        DTYPES[dtype_name],
-                    )
-                    step = partial(_attention_step, forward)
-                    seconds = _median_time(step, device, args.min_time)
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats()
-                        step()
-                        memory = torch.cuda.max_memory_allocated()
-                    else:
-                        memory = _saved_bytes(forward)
-                    rows.append(
-                        {
-                            "dtype": dtype_name,
-                            "seq_len": seq_len,
-                            "kind": kind,
-                            "repeat": repeat,
-                            "ms": 1000 * seconds,
-                            "memory_mib": memory / 2**20,
-                        }
-                    )
+                for block_q in args.block_sizes:
+                    for block_k in args.block_sizes:
+                        torch.manual_seed(0)
+                        layer = MultiHeadAttention(
+                            args.d_model,
+                            args.heads,
+                            batch_first=True,
+                            kernel="flash",
+                            block_q=block_q,
+                            block_k=block_k,
+                        ).to(device)
+                        forward = partial(
+                            _attention_forward,
+                            layer,
+                            x.clone().requires_grad_(),
+                            device,
+                            None,
+                            mask == "causal",
+                        )
+                        seconds, _ = _time_and_memory(forward, device, args.min_time)
+                        rows.append(
+                            {
+                                "mask": mask,
+                                "seq_len": seq_len,
+                                "block_q": block_q,
+                                "block_k": block_k,
+                                "repeat": repeat,
+                                "ms": 1000 * seconds,
+                            }
+                        )
     return rows
+
+
+def flash_blocks_table(rows: list[dict]) -> str:
+    """Markdown: median ms per block size pair, fastest first within each mask and length."""
+    ms = _summarise(rows, ("mask", "seq_len", "block_q", "block_k"), "ms")
+    lines = ["| mask | T | block_q | block_k | fwd+bwd ms |", "| --- | --- | --- | --- | --- |"]
+    for key in sorted(ms, key=lambda k: (k[0], k[1], ms[k])):
+        lines.append("| " + " | ".join(map(str, key)) + f" | {ms[key]:.2f} |")
+    return "\n".join(lines)
 
 
 def _summarise(
@@ -139,39 +218,47 @@ def _summarise(
 
 def attention_table(rows: list[dict], device: str) -> str:
     """Markdown: median ms and memory per kind, and the ratios to nn.MultiheadAttention."""
-    ms = _summarise(rows, ("dtype", "seq_len", "kind"), "ms")
-    mem = _summarise(rows, ("dtype", "seq_len", "kind"), "memory_mib")
+    keys = ("dtype", "mask", "seq_len", "kind")
+    ms = _summarise(rows, keys, "ms")
+    mem = _summarise(rows, keys, "memory_mib")
     memory_name = "peak MiB" if device.startswith("cuda") else "saved for backward, MiB"
     lines = [
-        f"| dtype | T | kind | fwd+bwd ms | {memory_name} | time vs torch | memory vs torch |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| dtype | mask | T | kind | fwd+bwd ms | {memory_name} | time vs torch "
+        "| memory vs torch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for dtype, seq_len, kind in sorted(ms, key=lambda k: (k[0], k[1], k[2])):
-        ref = (dtype, seq_len, "torch")
+    for key in sorted(ms):
+        ref = (*key[:3], "torch")
+        ratios = f"{ms[key] / ms[ref]:.2f}x | {mem[key] / mem[ref]:.2f}x" if ref in ms else "– | –"
         lines.append(
-            f"| {dtype} | {seq_len} | {kind} | {ms[dtype, seq_len, kind]:.2f} | "
-            f"{mem[dtype, seq_len, kind]:.1f} | {ms[dtype, seq_len, kind] / ms[ref]:.2f}x | "
-            f"{mem[dtype, seq_len, kind] / mem[ref]:.2f}x |"
+            "| " + " | ".join(map(str, key)) + f" | {ms[key]:.2f} | {mem[key]:.1f} | {ratios} |"
         )
     return "\n".join(lines)
 
 
 def plot_attention(rows: list[dict], path: Path) -> None:
-    """Time and memory against sequence length, one line per kind (first dtype)."""
+    """Time and memory against sequence length, one line per kind and mask (first dtype)."""
     dtype = rows[0]["dtype"]
-    ms = _summarise([r for r in rows if r["dtype"] == dtype], ("seq_len", "kind"), "ms")
-    mem = _summarise([r for r in rows if r["dtype"] == dtype], ("seq_len", "kind"), "memory_mib")
+    same_dtype = [r for r in rows if r["dtype"] == dtype]
+    ms = _summarise(same_dtype, ("seq_len", "kind", "mask"), "ms")
+    mem = _summarise(same_dtype, ("seq_len", "kind", "mask"), "memory_mib")
     fig = Figure(figsize=(9, 3.5))
     for ax, values, label in zip(fig.subplots(1, 2), (ms, mem), ("fwd+bwd ms", "MiB"), strict=True):
-        for kind in ATTENTION_KINDS:
-            lengths = sorted(t for t, k in values if k == kind)
-            ax.plot(lengths, [values[t, kind] for t in lengths], marker="o", label=kind)
+        for kind, mask in sorted({(k, m) for _, k, m in values}):
+            lengths = sorted(t for t, k, m in values if (k, m) == (kind, mask))
+            ax.plot(
+                lengths,
+                [values[t, kind, mask] for t in lengths],
+                marker="o",
+                linestyle="--" if mask == "causal" else "-",
+                label=kind if mask == "none" else f"{kind} ({mask})",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length T")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.axes[0].legend()
+    fig.axes[0].legend(fontsize=7)
     fig.suptitle(f"one attention layer ({dtype})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -364,7 +451,7 @@ class _TrainingFlag:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description="attention-lab benchmarks")
-    parser.add_argument("what", choices=["attention", "train", "data"])
+    parser.add_argument("what", choices=["attention", "flash-blocks", "train", "data"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
@@ -384,7 +471,21 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=list(ATTENTION_KINDS),
         choices=ATTENTION_KINDS,
-        help="train: attention kinds to measure",
+        help="attention, train: attention kinds to measure",
+    )
+    parser.add_argument(
+        "--masks",
+        nargs="+",
+        default=["none"],
+        choices=["none", "causal"],
+        help="attention, flash-blocks: without a mask, and/or with the causal mask",
+    )
+    parser.add_argument(
+        "--block-sizes",
+        type=int,
+        nargs="+",
+        default=[64, 128, 256, 512, 1024],
+        help="flash-blocks: the block sizes tried for block_q and block_k",
     )
     parser.add_argument("--seq-len", type=int, default=24, help="train: tokens per sentence")
     parser.add_argument(
@@ -410,6 +511,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = bench_attention(args)
         table = attention_table(rows, args.device)
         plot_attention(rows, args.out / "attention.png")
+    elif args.what == "flash-blocks":
+        rows = bench_flash_blocks(args)
+        table = flash_blocks_table(rows)
     elif args.what == "train":
         rows = bench_train(args)
         table = train_table(rows)

@@ -286,7 +286,9 @@ class MultiHeadAttention(nn.Module):
         Returns (output, weights): weights (B, T, S) averaged over heads or (B, H, T, S) per
         head ((T, S) or (H, T, S) unbatched), or None if not ``need_weights``.
         """
-        batched = _check_inputs(query, key, value, self.embed_dim)
+        batched = _check_inputs(
+            query, key, value, key_padding_mask, (self.embed_dim, self.kdim, self.vdim)
+        )
         if not batched:  # one sequence: a batch of one, squeezed again at the end
             query, key, value = (x.unsqueeze(0) for x in (query, key, value))  # (1, ., E)
             if key_padding_mask is not None:
@@ -364,7 +366,13 @@ class MultiHeadAttention(nn.Module):
         return out, weights if batched else weights.squeeze(0)
 
 
-def _check_inputs(query: Tensor, key: Tensor, value: Tensor, embed_dim: int) -> bool:
+def _check_inputs(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Tensor | None,
+    widths: tuple[int, int, int],
+) -> bool:
     """Whether the inputs are batched; a clear error for shapes nn.MultiheadAttention refuses."""
     if query.dim() not in (2, 3):
         raise ValueError(
@@ -375,12 +383,23 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, embed_dim: int) -> 
             f"query has {query.dim()} dims but key {key.dim()} and value {value.dim()}: "
             f"all three must be batched (3 dims) or all unbatched (2 dims)"
         )
-    if query.size(-1) != embed_dim:
-        raise ValueError(f"query has width {query.size(-1)}; this module takes {embed_dim}")
+    for name, tensor, width in zip(
+        ("query", "key", "value"), (query, key, value), widths, strict=True
+    ):
+        if tensor.size(-1) != width:
+            raise ValueError(
+                f"{name} has width {tensor.size(-1)}; this module takes {width} "
+                f"(embed_dim, kdim and vdim set the widths of query, key and value)"
+            )
     if key.shape[:-1] != value.shape[:-1]:
         raise ValueError(
             f"key {tuple(key.shape)} and value {tuple(value.shape)} must agree in all but the "
             f"last dim (one value per key)"
+        )
+    if key_padding_mask is not None and key_padding_mask.dim() != query.dim() - 1:
+        raise ValueError(
+            f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected (B, S) for "
+            f"batched inputs and (S,) for unbatched ones"
         )
     return query.dim() == 3
 
