@@ -181,6 +181,11 @@ class TestBadInput:
         with pytest.raises(ValueError, match="mask requires grad"):
             flash_attention(q, k, v, torch.zeros(11, 10, requires_grad=True))
 
+    def test_weights_cannot_be_asked_of_the_flash_kernel(self) -> None:
+        q, k, v = _qkv()
+        with pytest.raises(ValueError, match="need_weights=True: flash_attention never forms"):
+            flash_attention(q, k, v, need_weights=True)
+
     def test_mismatched_inputs(self) -> None:
         q, k, v = _qkv()
         with pytest.raises(ValueError, match="same leading dims"):

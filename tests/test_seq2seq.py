@@ -19,6 +19,7 @@ from attention_lab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from attention_lab.errors import ConfigError
 from attention_lab.models import Seq2SeqTransformer
 from attention_lab.models.decoding import beam_search, greedy_decode
+from attention_lab.nn.attention import ATTENTION_KINDS
 from attention_lab.nn.blocks import DecoderBlock, keep_attention_weights
 from attention_lab.tasks import TranslationTask
 from attention_lab.training import METRICS_FILE, train
@@ -39,7 +40,7 @@ def _random_ids(batch: int, length: int, vocab: int = 20) -> torch.Tensor:
     return torch.randint(4, vocab, (batch, length))  # real tokens: no <pad>, <bos>, <eos>
 
 
-@pytest.mark.parametrize("attention", KINDS)
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
 def test_causal_mask_leaks_nothing(attention: str) -> None:
     torch.manual_seed(0)
     model = _model(attention)
@@ -62,11 +63,13 @@ def test_source_padding_changes_nothing(attention: str) -> None:
     torch.testing.assert_close(model(src, tgt), model(padded, tgt), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("other", ["torch", "scratch_fused", "scratch_flash"])
 @pytest.mark.parametrize("norm_first", [True, False])
-def test_scratch_and_torch_models_compute_the_same_function(norm_first: bool) -> None:
+def test_every_attention_kind_computes_the_same_function(norm_first: bool, other: str) -> None:
+    # The decoder passes the causal hint: the flash kernel skips blocks instead of masking them.
     torch.manual_seed(0)
     scratch = _model("scratch", norm_first=norm_first)
-    reference = _model("torch", norm_first=norm_first)
+    reference = _model(other, norm_first=norm_first)
     reference.load_state_dict(scratch.state_dict())
     src, tgt = _random_ids(4, 6), _random_ids(4, 8)
     src[0, 3:], tgt[2, 5:] = PAD_ID, PAD_ID

@@ -117,6 +117,7 @@ class Seq2SeqTransformer(nn.Module):
                 self_attn_mask=later_positions,
                 tgt_key_padding_mask=tgt_padding,
                 memory_key_padding_mask=src_padding,
+                self_attn_is_causal=True,
             )  # (B, T, E)
         return self.to_logits(self.decoder_norm(x))  # (B, T, V_tgt)
 

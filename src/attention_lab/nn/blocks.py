@@ -191,6 +191,7 @@ class DecoderBlock(nn.Module):
         tgt_key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
         context: Tensor | None = None,
+        self_attn_is_causal: bool = False,
     ) -> Tensor:
         """x: (B, T, E), memory (the encoder output): (B, S, E) -> (B, T, E).
 
@@ -202,13 +203,17 @@ class DecoderBlock(nn.Module):
         far (B, T_ctx, E), ending with x's. Self-attention then takes its keys and values from
         the context, and only x's positions are computed; the masks are (T, T_ctx) and
         (B, T_ctx), and a single newest position needs no causal mask.
+
+        ``self_attn_is_causal`` is ``nn.MultiheadAttention``'s hint that ``self_attn_mask`` is the
+        causal mask: the flash kernel then skips the key blocks it hides.
         """
+        masks = (self_attn_mask, tgt_key_padding_mask, self_attn_is_causal)
         if self.norm_first:
             keys = None if context is None else self.norm1(context)
-            x = x + self._self_attention(self.norm1(x), keys, self_attn_mask, tgt_key_padding_mask)
+            x = x + self._self_attention(self.norm1(x), keys, *masks)
             x = x + self._cross_attention(self.norm2(x), memory, memory_key_padding_mask)
             return x + self.dropout(self.ff(self.norm3(x)))
-        x = self.norm1(x + self._self_attention(x, context, self_attn_mask, tgt_key_padding_mask))
+        x = self.norm1(x + self._self_attention(x, context, *masks))
         x = self.norm2(x + self._cross_attention(x, memory, memory_key_padding_mask))
         return self.norm3(x + self.dropout(self.ff(x)))
 
@@ -218,6 +223,7 @@ class DecoderBlock(nn.Module):
         keys: Tensor | None,
         attn_mask: Tensor | None,
         key_padding_mask: Tensor | None,
+        is_causal: bool,
     ) -> Tensor:
         keys = x if keys is None else keys  # x itself keeps one fused q/k/v projection
         out, weights = self.self_attn(
@@ -228,6 +234,7 @@ class DecoderBlock(nn.Module):
             attn_mask=attn_mask,
             need_weights=self.keep_attention,
             average_attn_weights=False,
+            is_causal=is_causal,
         )  # (B, T, E), (B, H, T, T_ctx) or None
         if self.keep_attention:
             self.self_attention_weights = weights.detach()

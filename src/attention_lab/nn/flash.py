@@ -83,6 +83,7 @@ def flash_attention(
     seed: int | None = None,
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
+    need_weights: bool = False,
 ) -> Tensor:
     """softmax(q k^T / sqrt(d_k) + mask) v, blockwise, without the (T, S) weights.
 
@@ -91,8 +92,14 @@ def flash_attention(
     (..., T, S); ``causal`` adds the causal mask (and skips the blocks it hides).
     dropout_p: attention dropout; the keep-mask comes from ``seed`` (drawn from torch's global
     generator when None, so ``torch.manual_seed`` makes a run repeatable).
-    Returns the output (..., T, d_v). It never forms the weights; ask the explicit path for them.
+    Returns the output (..., T, d_v). It never forms the weights: ``need_weights=True`` is
+    refused; ``MultiHeadAttention`` falls back to the explicit path when asked for them.
     """
+    if need_weights:
+        raise ValueError(
+            "need_weights=True: flash_attention never forms the attention weights; use "
+            "attention.scaled_dot_product_attention (MultiHeadAttention switches to it by itself)"
+        )
     for name, size in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"{name}={size!r} must be a positive integer (a number of rows)")
@@ -130,7 +137,13 @@ def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
 
 
 class _FlashAttention(torch.autograd.Function):
-    """Forward and backward of ``flash_attention``: saves Q, K, V, O and L, never P."""
+    """Forward and backward of ``flash_attention``: saves Q, K, V, O and L, never P.
+
+    Inside, the leading dims are flattened into one, N = B H, so that every product is one
+    batched ``bmm``; S_ij is turned into P_ij and dP_ij into dS_ij in place, and the sums
+    O_i, dQ_i, dK_j, dV_j grow by ``baddbmm_``, so a block allocates its (N, B_r, B_c) scores
+    once. Grad mode is off in here, so the in-place updates are safe.
+    """
 
     @staticmethod
     def forward(
@@ -145,39 +158,40 @@ class _FlashAttention(torch.autograd.Function):
         block_q: int,
         block_k: int,
     ) -> Tensor:
-        *lead, tgt_len, _ = q.shape
-        src_len = k.size(-2)
-        scale = 1.0 / math.sqrt(q.size(-1))
+        *lead, tgt_len, d_k = q.shape
+        src_len, d_v = k.size(-2), v.size(-1)
+        scale = 1.0 / math.sqrt(d_k)
         acc_dtype = _accumulation_dtype(q)
-        mask = _full_size(mask, tgt_len, src_len)
-        out = q.new_empty(*lead, tgt_len, v.size(-1))  # (..., T, d_v)
-        log_sum_exp = q.new_empty(*lead, tgt_len, dtype=acc_dtype)  # (..., T): L
+        block_mask = _block_mask(mask, tgt_len, src_len)
+        q3, k3, v3 = (_flatten(x) for x in (q, k, v))  # (N, T, d_k), (N, S, d_k), (N, S, d_v)
+        out = q3.new_empty(q3.size(0), tgt_len, d_v)  # (N, T, d_v)
+        log_sum_exp = q3.new_empty(q3.size(0), tgt_len, 1, dtype=acc_dtype)  # (N, T, 1): L
 
         for i0 in range(0, tgt_len, block_q):
             i1 = min(i0 + block_q, tgt_len)
-            q_i = q[..., i0:i1, :] * scale  # (..., B_r, d_k)
-            row_max = q.new_full((*lead, i1 - i0, 1), -math.inf, dtype=acc_dtype)  # m_i
-            row_sum = q.new_zeros((*lead, i1 - i0, 1), dtype=acc_dtype)  # l_i
-            acc = q.new_zeros((*lead, i1 - i0, v.size(-1)), dtype=acc_dtype)  # O_i
+            q_i = q3[:, i0:i1] * scale  # (N, B_r, d_k)
+            row_max = q_i.new_full((q3.size(0), i1 - i0, 1), -math.inf, dtype=acc_dtype)  # m_i
+            row_sum = torch.zeros_like(row_max)  # (N, B_r, 1): l_i
+            acc = q_i.new_zeros((q3.size(0), i1 - i0, d_v), dtype=acc_dtype)  # (N, B_r, d_v): O_i
             for j0 in range(0, _key_stop(i1, src_len, causal), block_k):
                 j1 = min(j0 + block_k, src_len)
-                scores = _masked_scores(q_i, k[..., j0:j1, :], mask, causal, i0, i1, j0, j1)
+                scores = _scores(q_i, k3[:, j0:j1], block_mask, lead, causal, i0, j0, acc_dtype)
                 new_max = torch.maximum(row_max, scores.amax(dim=-1, keepdim=True))  # m_new
                 # A row that has seen only -inf keeps m = -inf; shifting by 0 instead gives
                 # exp(-inf) = 0 rather than exp(-inf - -inf) = NaN.
-                shift = new_max.masked_fill(new_max == -math.inf, 0.0)  # (..., B_r, 1)
-                probs = torch.exp(scores - shift)  # (..., B_r, B_c): P_ij
-                rescale = torch.exp(row_max - shift)  # (..., B_r, 1): exp(m_i - m_new)
-                row_sum = rescale * row_sum + probs.sum(dim=-1, keepdim=True)
+                shift = new_max.masked_fill(new_max == -math.inf, 0.0)  # (N, B_r, 1)
+                probs = scores.sub_(shift).exp_()  # (N, B_r, B_c): P_ij, in place of S_ij
+                rescale = (row_max - shift).exp_()  # (N, B_r, 1): exp(m_i - m_new)
+                row_sum.mul_(rescale).add_(probs.sum(dim=-1, keepdim=True))
                 if dropout_p > 0.0:
-                    probs = probs * _dropout_scale(seed, dropout_p, lead, i0, i1, j0, j1, q)
-                acc = rescale * acc + (probs.to(v.dtype) @ v[..., j0:j1, :]).to(acc_dtype)
+                    probs.mul_(_dropout_scale(seed, dropout_p, lead, i0, i1, j0, j1, q))
+                _add_product(acc.mul_(rescale), probs, v3[:, j0:j1])  # O_i += P_ij V_j
                 row_max = new_max
-            empty_row = row_sum == 0  # (..., B_r, 1): no key was allowed
-            out[..., i0:i1, :] = (acc / row_sum.masked_fill(empty_row, 1.0)).to(out.dtype)
-            lse = (shift + row_sum.log()).masked_fill(empty_row, math.inf)  # L_i
-            log_sum_exp[..., i0:i1] = lse.squeeze(-1)
+            empty_row = row_sum == 0  # (N, B_r, 1): no key was allowed
+            out[:, i0:i1] = acc.div_(row_sum.masked_fill(empty_row, 1.0))
+            log_sum_exp[:, i0:i1] = (shift + row_sum.log()).masked_fill_(empty_row, math.inf)
 
+        out = out.view(*lead, tgt_len, d_v)  # (..., T, d_v)
         ctx.save_for_backward(q, k, v, out, log_sum_exp, *(() if mask is None else (mask,)))
         ctx.settings = (causal, dropout_p, seed, block_q, block_k, scale, mask is not None)
         return out
@@ -186,42 +200,45 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out, log_sum_exp, *maybe_mask = ctx.saved_tensors
         causal, dropout_p, seed, block_q, block_k, scale, has_mask = ctx.settings
-        mask = maybe_mask[0] if has_mask else None
         *lead, tgt_len, _ = q.shape
         src_len = k.size(-2)
         acc_dtype = _accumulation_dtype(q)
+        block_mask = _block_mask(maybe_mask[0] if has_mask else None, tgt_len, src_len)
+        q3, k3, v3 = (_flatten(x) for x in (q, k, v))  # (N, T, d_k), (N, S, d_k), (N, S, d_v)
+        q3 = q3 * scale  # (N, T, d_k): scale Q, once
+        grad_out3 = _flatten(grad_out)  # (N, T, d_v)
 
-        delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(dim=-1)  # (..., T): D_i
-        grad_q = torch.zeros_like(q, dtype=acc_dtype)  # (..., T, d_k)
-        grad_k = torch.zeros_like(k, dtype=acc_dtype)  # (..., S, d_k)
-        grad_v = torch.zeros_like(v, dtype=acc_dtype)  # (..., S, d_v)
+        # D_i = rowsum(dO_i * O_i): (N, T, 1)
+        delta = (grad_out3.to(acc_dtype) * _flatten(out).to(acc_dtype)).sum(-1, keepdim=True)
+        grad_q = torch.zeros_like(q3, dtype=acc_dtype)  # (N, T, d_k)
+        grad_k = torch.zeros_like(k3, dtype=acc_dtype)  # (N, S, d_k)
+        grad_v = torch.zeros_like(v3, dtype=acc_dtype)  # (N, S, d_v)
 
         for j0 in range(0, src_len, block_k):
             j1 = min(j0 + block_k, src_len)
-            k_j, v_j = k[..., j0:j1, :], v[..., j0:j1, :]  # (..., B_c, d_k), (..., B_c, d_v)
-            grad_k_j = grad_k[..., j0:j1, :]  # views: accumulated in place
-            grad_v_j = grad_v[..., j0:j1, :]
+            k_j, v_j = k3[:, j0:j1], v3[:, j0:j1]  # (N, B_c, d_k), (N, B_c, d_v)
             first = (j0 // block_q) * block_q if causal else 0  # query blocks above see none
             for i0 in range(first, tgt_len, block_q):
                 i1 = min(i0 + block_q, tgt_len)
-                q_i = q[..., i0:i1, :] * scale  # (..., B_r, d_k)
-                scores = _masked_scores(q_i, k_j, mask, causal, i0, i1, j0, j1)
-                probs = torch.exp(scores - log_sum_exp[..., i0:i1, None])  # (..., B_r, B_c): P_ij
-                grad_out_i = grad_out[..., i0:i1, :]  # (..., B_r, d_v)
-                grad_probs = (grad_out_i @ v_j.mT).to(acc_dtype)  # (..., B_r, B_c): dP_ij
+                q_i, grad_out_i = q3[:, i0:i1], grad_out3[:, i0:i1]  # (N, B_r, d_k), (.., d_v)
+                scores = _scores(q_i, k_j, block_mask, lead, causal, i0, j0, acc_dtype)
+                probs = scores.sub_(log_sum_exp[:, i0:i1]).exp_()  # (N, B_r, B_c): P_ij
+                grad_probs = torch.bmm(grad_out_i, v_j.mT).to(acc_dtype)  # dP_ij
+                dropped = probs  # what the forward multiplied with V_j
                 if dropout_p > 0.0:
                     keep = _dropout_scale(seed, dropout_p, lead, i0, i1, j0, j1, q)
-                    dropped = probs * keep  # what the forward multiplied with V
-                    grad_probs = grad_probs * keep
-                else:
-                    dropped = probs
-                grad_v_j += (dropped.to(v.dtype).mT @ grad_out_i).to(acc_dtype)
-                grad_scores = probs * (grad_probs - delta[..., i0:i1, None])  # dS_ij
-                grad_scores = grad_scores.to(q.dtype)
-                grad_q[..., i0:i1, :] += (grad_scores @ k_j).to(acc_dtype) * scale
-                grad_k_j += (grad_scores.mT @ q_i).to(acc_dtype)  # q_i already carries the scale
+                    dropped = probs * keep
+                    grad_probs.mul_(keep)
+                _add_product(grad_v[:, j0:j1], dropped.mT, grad_out_i)  # dV_j += P_ij^T dO_i
+                grad_scores = grad_probs.sub_(delta[:, i0:i1]).mul_(probs)  # dS_ij
+                _add_product(grad_q[:, i0:i1], grad_scores, k_j, alpha=scale)  # dQ_i
+                _add_product(grad_k[:, j0:j1], grad_scores.mT, q_i)  # dK_j (q_i holds the scale)
 
-        grads = (grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype))
+        grads = (
+            grad_q.to(q.dtype).view(q.shape),
+            grad_k.to(k.dtype).view(k.shape),
+            grad_v.to(v.dtype).view(v.shape),
+        )
         return (*grads, None, None, None, None, None, None)
 
 
@@ -230,10 +247,18 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _full_size(mask: Tensor | None, tgt_len: int, src_len: int) -> Tensor | None:
-    """The mask with its last two dims expanded to (T, S) (a view), so blocks can be sliced."""
+def _flatten(x: Tensor) -> Tensor:
+    """(..., L, d) -> (N, L, d): one batch dim for ``bmm`` (a view where the strides allow)."""
+    return x.reshape(-1, *x.shape[-2:])
+
+
+def _block_mask(mask: Tensor | None, tgt_len: int, src_len: int) -> Tensor | None:
+    """The mask as the blocks apply it: boolean True = may NOT attend (for ``masked_fill_``), or
+    the float mask; its last two dims expanded to (T, S) (a view), so blocks can be sliced."""
     if mask is None:
         return None
+    if mask.dtype == torch.bool:
+        mask = ~mask  # before expanding: a (B, 1, 1, S) padding mask stays that small
     return mask.expand(*mask.shape[:-2], tgt_len, src_len)  # (..., T, S)
 
 
@@ -242,37 +267,48 @@ def _key_stop(i1: int, src_len: int, causal: bool) -> int:
     return min(i1, src_len) if causal else src_len
 
 
-def _masked_scores(
+def _scores(
     q_i: Tensor,
     k_j: Tensor,
-    mask: Tensor | None,
+    block_mask: Tensor | None,
+    lead: list[int],
     causal: bool,
     i0: int,
-    i1: int,
     j0: int,
-    j1: int,
+    acc_dtype: torch.dtype,
 ) -> Tensor:
-    """S_ij = (scale Q_i) K_j^T in fp32, with -inf where a query may not attend."""
-    scores = (q_i @ k_j.mT).to(_accumulation_dtype(q_i))  # (..., B_r, B_c)
-    if mask is not None:
-        block = mask[..., i0:i1, j0:j1]
+    """S_ij = (scale Q_i) K_j^T, (N, B_r, B_c) in ``acc_dtype``, -inf where a query may not
+    attend."""
+    scores = torch.bmm(q_i, k_j.mT).to(acc_dtype)  # (N, B_r, B_c)
+    i1, j1 = i0 + scores.size(1), j0 + scores.size(2)
+    if block_mask is not None:
+        block = block_mask[..., i0:i1, j0:j1]  # (B|1, H|1, B_r, B_c)
+        by_head = scores.view(*lead, *scores.shape[1:])  # (..., B_r, B_c), the same memory
         if block.dtype == torch.bool:
-            scores = scores.masked_fill(~block, -math.inf)
+            by_head.masked_fill_(block, -math.inf)
         else:
-            scores = scores + block.to(scores.dtype)
+            by_head.add_(block)
     if causal and j1 - 1 > i0:  # the block reaches right of the diagonal
         rows = torch.arange(i0, i1, device=scores.device)[:, None]  # (B_r, 1)
         cols = torch.arange(j0, j1, device=scores.device)  # (B_c,)
-        scores = scores.masked_fill(cols > rows, -math.inf)
+        scores.masked_fill_(cols > rows, -math.inf)
     return scores
+
+
+def _add_product(total: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:
+    """total += alpha a @ b, batched; the product in b's dtype, the sum in total's."""
+    if a.dtype == b.dtype == total.dtype:
+        total.baddbmm_(a, b, alpha=alpha)
+    else:
+        total.add_(torch.bmm(a.to(b.dtype), b).to(total.dtype), alpha=alpha)
 
 
 def _dropout_scale(
     seed: int, p: float, lead: list[int], i0: int, i1: int, j0: int, j1: int, like: Tensor
 ) -> Tensor:
-    """Z_ij: 1 / (1 - p) where the entry is kept, 0 where dropped, for one block."""
+    """Z_ij: 1 / (1 - p) where the entry is kept, 0 where dropped, for one block (N, B_r, B_c)."""
     keep = dropout_keep_mask(seed, p, lead, range(i0, i1), range(j0, j1), device=like.device)
-    return keep.to(_accumulation_dtype(like)) / (1.0 - p)  # (..., B_r, B_c)
+    return _flatten(keep).to(_accumulation_dtype(like)) / (1.0 - p)  # (N, B_r, B_c)
 
 
 def dropout_keep_mask(
