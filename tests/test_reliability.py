@@ -23,6 +23,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from attention_lab.attempts import read_attempts
 from attention_lab.checkpoints import LAST_CHECKPOINT
 from attention_lab.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from attention_lab.loggers import RUN_ID_FILE
@@ -323,6 +324,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_into_the_same_wandb_run(
     history = read_offline_run(wandb_runs[-1])["history"]
     logged_steps = [row["trainer/global_step"] for row in history if "trainer/global_step" in row]
     assert min(logged_steps) >= int(step) and max(logged_steps) == 6  # continues, repeats none
+    # The interruption's failure.json is superseded: moved into the finishing attempt's record.
+    assert not (run_dir / "failure.json").exists()
+    attempts = read_attempts(run_dir)
+    assert [attempt["outcome"] for attempt in attempts] == ["interrupted", "finished"]
+    superseded = json.loads(
+        (run_dir / attempts[1]["record"] / "superseded_failure.json").read_text()
+    )
+    assert superseded["error"].startswith("TrainingInterrupted: Interrupted by SIGINT")
 
     # Hygiene: the W&B key in the environment is written nowhere in the run directory.
     leaks = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
