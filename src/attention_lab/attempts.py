@@ -9,15 +9,19 @@ and Hydra's log file, at a folder of the command's own, ``.hydra/attempts/<start
 command can overwrite what an earlier one wrote, and nothing has to be snapshotted and restored
 (which a crash between the two would defeat). Then:
 
-- The first attempt in a directory is the run: its three files are copied to ``.hydra/``, which
-  later attempts never touch, and its log goes to ``train.log`` as well.
+- The first attempt to start training in a directory makes the run: its three files are copied
+  to ``.hydra/``, which later attempts never touch, and its log goes to ``train.log`` as well.
+  (Until one has started, the folder holds no run, and each attempt does the same, so a
+  command refused in a new folder still leaves ``.hydra/config.yaml`` and ``failure.json``
+  for the report to find.)
 - A later attempt (a resume, or a command refused because of a bad setting, a damaged or
   mismatched checkpoint, or missing data) writes only its own record until training is about
   to start (``training.train`` calls ``Attempt.start_training``). A refused attempt thus changes
   nothing else in the directory. From that point its log is appended to ``train.log`` and a
   failure replaces ``failure.json``, as the first attempt's would.
-- Each record ends with ``outcome.json``: ``finished``, ``interrupted``, ``failed`` or
-  ``refused`` (stopped before training started), the exit code, the error and the times.
+- Each record has ``outcome.json``: ``started`` when training starts, then ``finished``,
+  ``interrupted``, ``failed`` or ``refused`` (stopped before training started), with the exit
+  code, the error and the times. One left at ``started`` was killed outright.
 - When an attempt finishes the run, a ``failure.json`` left by an earlier one (an interruption)
   is moved into this attempt's record as ``superseded_failure.json``, and ``metrics.json`` names
   this attempt's ``config.yaml`` (``attempt_config_file``): the config that produced the final
@@ -89,11 +93,11 @@ class Attempt:
     def __init__(self, run_dir: Path, record: Path) -> None:
         self.run_dir = run_dir
         self.record = record
-        self.first = not (run_dir / RUN_CONFIG_DIR / "config.yaml").is_file()
+        self.makes_run = not _run_started(run_dir)
         self.started = datetime.now()
         self.training_started = False
         self._log_handler: logging.Handler | None = None
-        if self.first:
+        if self.makes_run:
             self._claim_run()
 
     @classmethod
@@ -105,17 +109,18 @@ class Attempt:
     @property
     def writes_run(self) -> bool:
         """Whether this attempt may write the run's own files (train.log, failure.json)."""
-        return self.first or self.training_started
+        return self.makes_run or self.training_started
 
     def start_training(self) -> None:
         """Training is about to write to the run directory: from now on, it is this run's."""
         if not self.training_started:
             self.training_started = True
-            if not self.first:
+            self._write_outcome({"outcome": "started"})
+            if not self.makes_run:
                 self._claim_run()
 
     def _claim_run(self) -> None:
-        if self.first:
+        if self.makes_run:
             (self.run_dir / RUN_CONFIG_DIR).mkdir(parents=True, exist_ok=True)
             for name in CONFIG_FILES:
                 if (self.record / name).is_file():
@@ -145,6 +150,10 @@ class Attempt:
         self._log_handler.setFormatter(formatter or logging.Formatter(LOG_FORMAT))
         root.addHandler(self._log_handler)
 
+    def _write_outcome(self, record: dict[str, Any]) -> None:
+        self.record.mkdir(parents=True, exist_ok=True)
+        (self.record / OUTCOME_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
     def outcome(self, error: BaseException | None) -> str:
         """finished, interrupted, refused (before training started) or failed."""
         if error is None:
@@ -166,12 +175,19 @@ class Attempt:
         if outcome == "finished" and failure_file.is_file():
             shutil.move(failure_file, self.record / SUPERSEDED_FAILURE_FILE)
             record["superseded"] = SUPERSEDED_FAILURE_FILE
-        self.record.mkdir(parents=True, exist_ok=True)
-        (self.record / OUTCOME_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        self._write_outcome(record)
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+def _run_started(run_dir: Path) -> bool:
+    """Whether an earlier attempt started training here (or the folder predates the records)."""
+    if not (run_dir / RUN_CONFIG_DIR / "config.yaml").is_file():
+        return False
+    attempts = read_attempts(run_dir)
+    return not attempts or any(attempt["outcome"] != "refused" for attempt in attempts)
 
 
 def read_attempts(run_dir: str | Path) -> list[dict[str, Any]]:
