@@ -61,6 +61,20 @@ def _config(run_dir: Path, data_dir: Path, *overrides: str) -> DictConfig:
     return cfg
 
 
+def _config_with_sigterm_in_validation(
+    run_dir: Path, data_dir: Path, *overrides: str
+) -> DictConfig:
+    """``_config``, and a SIGTERM that the run sends itself when epoch 0's validation ends."""
+    cfg = _config(run_dir, data_dir, *overrides)
+    with open_dict(cfg):
+        cfg.callbacks.signal = {
+            "_target_": "tests.callbacks.SignalDuringValidation",
+            "epoch": 0,
+            "signum": int(signal.SIGTERM),
+        }
+    return cfg
+
+
 def _comparable(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics without the timings (wall time, samples/s) and with the best checkpoint's file
     name only: everything a seed decides."""
@@ -121,13 +135,7 @@ def test_interrupted_run_resumes_to_identical_metrics(
     unbroken_run: Path, tiny_mnist: Path, tmp_path: Path
 ) -> None:
     # SIGTERM during epoch 0's validation: the run stops at the end of that epoch.
-    interrupted = _config(tmp_path, tiny_mnist, *DETERMINISTIC)
-    with open_dict(interrupted):
-        interrupted.callbacks.signal = {
-            "_target_": "tests.callbacks.SignalDuringValidation",
-            "epoch": 0,
-            "signum": int(signal.SIGTERM),
-        }
+    interrupted = _config_with_sigterm_in_validation(tmp_path, tiny_mnist, *DETERMINISTIC)
     with pytest.raises(TrainingInterrupted) as stopped:
         train(interrupted)
     assert (stopped.value.exit_code, stopped.value.epoch, stopped.value.step) == (143, 0, 2)

@@ -10,7 +10,6 @@ import csv
 import hashlib
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 import wandb
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from attention_lab.attempts import ATTEMPTS_DIR, read_attempts
 from attention_lab.callbacks.history import read_history
@@ -28,7 +27,7 @@ from attention_lab.optim import WarmupCosine
 from attention_lab.report import load_run
 from attention_lab.training import METRICS_FILE, train
 from tests.conftest import run_train_py
-from tests.test_reliability import TINY, _config
+from tests.test_reliability import TINY, _config, _config_with_sigterm_in_validation
 from tests.wandb_records import read_offline_run
 
 TIMINGS = ("train/samples_per_s",)  # the only values that differ between identical runs
@@ -99,13 +98,7 @@ def test_stop_during_validation_and_resume_keeps_every_epoch_once_in_every_log(
     _train_and_finish(_config(unbroken, tiny_mnist, *TWO_EPOCHS))
 
     stopped = tmp_path / "stopped"
-    interrupted = _config(stopped, tiny_mnist, *TWO_EPOCHS)
-    with open_dict(interrupted):
-        interrupted.callbacks.signal = {
-            "_target_": "tests.callbacks.SignalDuringValidation",
-            "epoch": 0,
-            "signum": int(signal.SIGTERM),
-        }
+    interrupted = _config_with_sigterm_in_validation(stopped, tiny_mnist, *TWO_EPOCHS)
     with pytest.raises(TrainingInterrupted) as stop:
         _train_and_finish(interrupted)
     assert (stop.value.epoch, stop.value.step) == (0, 2)

@@ -47,7 +47,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from attention_lab.config import output_dir_problem
-from attention_lab.errors import ConfigError, TrainingInterrupted
+from attention_lab.errors import AttentionLabError, ConfigError, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Attempt:
         """Training is about to write to the run directory: from now on, it is this run's."""
         if not self.training_started:
             self.training_started = True
-            self._write_outcome({"outcome": "started"})
+            self._write_outcome({"outcome": "started", "training_started": True})
             if not self.makes_run:
                 self._claim_run()
 
@@ -155,18 +155,21 @@ class Attempt:
         (self.record / OUTCOME_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     def outcome(self, error: BaseException | None) -> str:
-        """finished, interrupted, refused (before training started) or failed."""
+        """finished, interrupted, refused (a bad setting found before training) or failed."""
         if error is None:
             return "finished"
         if isinstance(error, TrainingInterrupted):
             return "interrupted"
-        return "failed" if self.training_started else "refused"
+        if self.training_started or not isinstance(error, AttentionLabError):
+            return "failed"
+        return "refused"
 
     def end(self, exit_code: int, error: BaseException | None, failure_file: Path) -> None:
         """Write ``outcome.json``; a finished run's earlier ``failure_file`` is superseded."""
         outcome = self.outcome(error)
         record: dict[str, Any] = {
             "outcome": outcome,
+            "training_started": self.training_started,
             "exit_code": exit_code,
             "error": None if error is None else f"{type(error).__name__}: {error}".strip(),
             "started": self.started.isoformat(timespec="seconds"),
@@ -187,7 +190,9 @@ def _run_started(run_dir: Path) -> bool:
     if not (run_dir / RUN_CONFIG_DIR / "config.yaml").is_file():
         return False
     attempts = read_attempts(run_dir)
-    return not attempts or any(attempt["outcome"] != "refused" for attempt in attempts)
+    return not attempts or any(
+        attempt.get("training_started", attempt.get("outcome") != "refused") for attempt in attempts
+    )
 
 
 def read_attempts(run_dir: str | Path) -> list[dict[str, Any]]:
