@@ -111,6 +111,21 @@ def test_stop_during_validation_and_resume_keeps_every_epoch_once_in_every_log(
         assert resumed[log] == expected[log], log
 
 
+def test_stop_during_the_last_validation_records_the_epoch_and_resumes_to_the_test(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    overrides = (*TINY, "logger=none", "callbacks.attention_maps=null", "trainer.max_epochs=1")
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(_config_with_sigterm_in_validation(tmp_path, tiny_mnist, *overrides))
+    assert (stop.value.epoch, stop.value.step) == (0, 2)
+    assert [row["epoch"] for row in read_history(tmp_path)] == [0]
+    assert not (tmp_path / METRICS_FILE).exists()  # stopped before the test
+
+    metrics = train(_config(tmp_path, tiny_mnist, *overrides, "ckpt_path=last"))
+    assert (metrics["epochs"], metrics["steps"]) == (1, 2) and metrics["test"]
+    assert [row["epoch"] for row in read_history(tmp_path)] == [0]  # nothing trained again
+
+
 # --- Extending a finished run ---------------------------------------------------------------
 
 ONE_EPOCH = (*TINY, "logger=none", "callbacks.attention_maps=null", "trainer.max_epochs=1")
