@@ -20,8 +20,9 @@ command can overwrite what an earlier one wrote, and nothing has to be snapshott
   nothing else in the directory. From that point its log is appended to ``train.log`` and a
   failure replaces ``failure.json``, as the first attempt's would.
 - Each record has ``outcome.json``: ``started`` when training starts, then ``finished``,
-  ``interrupted``, ``failed`` or ``refused`` (stopped before training started), with the exit
-  code, the error and the times. One left at ``started`` was killed outright.
+  ``interrupted``, ``failed`` or ``refused`` (a bad setting, checkpoint or data found before
+  training started), with the exit code, the error and the times. One left at ``started`` was
+  killed outright.
 - When an attempt finishes the run, a ``failure.json`` left by an earlier one (an interruption)
   is moved into this attempt's record as ``superseded_failure.json``, and ``metrics.json`` names
   this attempt's ``config.yaml`` (``attempt_config_file``): the config that produced the final
