@@ -71,6 +71,7 @@ def _train_and_finish(cfg: Any) -> None:
 
 
 def _without_timings(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without timings, nor W&B's own keys (_step, _runtime, _timestamp)."""
     return {k: v for k, v in row.items() if k not in TIMINGS and not k.startswith("_")}
 
 
