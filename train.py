@@ -12,9 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from attention_lab.attempts import Attempt
 from attention_lab.checkpoints import resume_command
 from attention_lab.errors import AttentionLabError, TrainingInterrupted
-from attention_lab.training import record_failure, train
+from attention_lab.training import FAILURE_FILE, record_failure, train
 
 log = logging.getLogger("train")
 
@@ -25,20 +26,25 @@ def main(cfg: DictConfig) -> float | None:
 
     A bad setting exits with status 2, an interruption with 130 (SIGINT) or 143 (SIGTERM) and a
     resume command. In a sweep (``-m``) a failing job is recorded in its directory
-    (``failure.json``) and the sweep goes on; an interruption stops the sweep.
+    (``failure.json``) and the sweep goes on; an interruption stops the sweep. Every command
+    leaves a record in ``.hydra/attempts/`` (see ``attention_lab.attempts``).
     """
     hydra_cfg = HydraConfig.get()
+    attempt = Attempt.current()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     if in_sweep and cfg.get("logger") and cfg.logger.get("wandb"):
         # One W&B group per sweep: "<experiment>-<sweep start time>".
         with open_dict(cfg):
             cfg.logger.wandb.group = f"{cfg.experiment_name}-{Path(hydra_cfg.sweep.dir).name}"
     exit_code = 1  # anything not caught below is a crash
+    error: BaseException | None = None
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, on_start=attempt.start_training if attempt else None)
         exit_code = 0
     except Exception as err:
-        record_failure(Path(cfg.paths.output_dir), err)
+        error = err
+        if attempt is None or attempt.writes_run:  # a refused resume leaves the run as it was
+            record_failure(Path(cfg.paths.output_dir), err)
         if isinstance(err, TrainingInterrupted):
             exit_code = err.exit_code
             command = resume_command(hydra_cfg.overrides.task, cfg.paths.output_dir)
@@ -60,6 +66,8 @@ def main(cfg: DictConfig) -> float | None:
         if wandb.run is not None:
             wandb.finish(exit_code=exit_code)
         log.info("Outputs: %s", cfg.paths.output_dir)
+        if attempt is not None:
+            attempt.end(exit_code, error, Path(cfg.paths.output_dir) / FAILURE_FILE)
     key = cfg.get("optimized_metric")
     if key is None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -28,3 +29,15 @@ class SignalDuringValidation(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), self.signum)
+
+
+class RecordLearningRate(L.Callback):
+    """Append each training step's learning rate (first parameter group) to ``path``."""
+
+    def __init__(self, *, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        with open(self.path, "a") as file:
+            file.write(json.dumps({"step": trainer.global_step, "lr": lr}) + "\n")

@@ -23,6 +23,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from attention_lab.attempts import read_attempts
 from attention_lab.checkpoints import LAST_CHECKPOINT
 from attention_lab.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from attention_lab.loggers import RUN_ID_FILE
@@ -57,6 +58,20 @@ def _config(run_dir: Path, data_dir: Path, *overrides: str) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
         cfg.paths.data_dir = str(data_dir)
+    return cfg
+
+
+def _config_with_sigterm_in_validation(
+    run_dir: Path, data_dir: Path, *overrides: str
+) -> DictConfig:
+    """``_config``, and a SIGTERM that the run sends itself when epoch 0's validation ends."""
+    cfg = _config(run_dir, data_dir, *overrides)
+    with open_dict(cfg):
+        cfg.callbacks.signal = {
+            "_target_": "tests.callbacks.SignalDuringValidation",
+            "epoch": 0,
+            "signum": int(signal.SIGTERM),
+        }
     return cfg
 
 
@@ -120,13 +135,7 @@ def test_interrupted_run_resumes_to_identical_metrics(
     unbroken_run: Path, tiny_mnist: Path, tmp_path: Path
 ) -> None:
     # SIGTERM during epoch 0's validation: the run stops at the end of that epoch.
-    interrupted = _config(tmp_path, tiny_mnist, *DETERMINISTIC)
-    with open_dict(interrupted):
-        interrupted.callbacks.signal = {
-            "_target_": "tests.callbacks.SignalDuringValidation",
-            "epoch": 0,
-            "signum": int(signal.SIGTERM),
-        }
+    interrupted = _config_with_sigterm_in_validation(tmp_path, tiny_mnist, *DETERMINISTIC)
     with pytest.raises(TrainingInterrupted) as stopped:
         train(interrupted)
     assert (stopped.value.exit_code, stopped.value.epoch, stopped.value.step) == (143, 0, 2)
@@ -323,6 +332,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_into_the_same_wandb_run(
     history = read_offline_run(wandb_runs[-1])["history"]
     logged_steps = [row["trainer/global_step"] for row in history if "trainer/global_step" in row]
     assert min(logged_steps) >= int(step) and max(logged_steps) == 6  # continues, repeats none
+    # The interruption's failure.json is superseded: moved into the finishing attempt's record.
+    assert not (run_dir / "failure.json").exists()
+    attempts = read_attempts(run_dir)
+    assert [attempt["outcome"] for attempt in attempts] == ["interrupted", "finished"]
+    superseded = json.loads(
+        (run_dir / attempts[1]["record"] / "superseded_failure.json").read_text()
+    )
+    assert superseded["error"].startswith("TrainingInterrupted: Interrupted by SIGINT")
 
     # Hygiene: the W&B key in the environment is written nowhere in the run directory.
     leaks = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]

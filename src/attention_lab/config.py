@@ -9,6 +9,8 @@ Every problem found is reported, one line each, naming the key to change.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -95,22 +97,42 @@ def _accelerator_problem(accelerator: Any) -> str | None:
 
 
 def _output_dir_problem(output_dir: Path) -> str | None:
-    """Creating the directory and a file in it is the one sure test that it is writable."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as err:
-        return (
-            f"paths.output_dir={output_dir} is not writable ({err.strerror or err}); "
-            f"choose another run directory with hydra.run.dir=..."
-        )
+    problem = output_dir_problem(output_dir, "paths.output_dir")
+    if problem is not None:
+        return problem
+    output_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(output_dir).free
     if free < MIN_FREE_BYTES:
         return (
             f"paths.output_dir={output_dir} is on a disk with {free / 2**20:.0f} MiB free, less "
             f"than the {MIN_FREE_BYTES // 2**20} MiB a run needs for checkpoints and logs; "
             f"free some space or choose another run directory with hydra.run.dir=..."
+        )
+    return None
+
+
+def output_dir_problem(output_dir: Path, key: str, hint: str = "hydra.run.dir") -> str | None:
+    """Why ``output_dir`` (the setting ``key``) cannot hold a run, or None when it can.
+
+    Writing is the one sure test (a root user ignores permission bits, but not an immutable
+    folder, a read-only filesystem or /proc), and it leaves nothing behind: a folder that does
+    not exist yet is tried as a temporary folder in its nearest existing parent.
+    """
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        if existing == output_dir:
+            with tempfile.TemporaryFile(dir=output_dir):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as err:
+        return (
+            f"{key}={output_dir} is not writable ({err.strerror or err}); "
+            f"choose another run directory with {hint}=..."
         )
     return None
 

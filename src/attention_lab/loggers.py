@@ -7,10 +7,14 @@ the run is logged offline into the run directory, and ``wandb sync <dir>`` uploa
 The W&B run id is kept in the run directory (``wandb_id.txt``), so a run resumed in its own
 directory (``ckpt_path=last hydra.run.dir=...``) continues the same W&B run. The API key is
 never written anywhere: W&B reads it from the environment or ``~/.netrc`` itself.
+
+``ResumableCSVLogger`` is Lightning's CSV logger, except that a run resumed in its directory
+appends to ``csv/metrics.csv`` instead of deleting it.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -20,7 +24,9 @@ import string
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +108,26 @@ def wandb_logger(
         mode=mode,
         log_model=False,
     )
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, which keeps an existing ``metrics.csv`` and continues it."""
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning's own deletes metrics.csv here ("previous log files ... will be deleted").
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])  # its columns, sorted
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` survives a resume: new rows are appended, and new
+    columns rewrite the header, keeping the earlier rows."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

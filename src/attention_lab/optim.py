@@ -1,12 +1,27 @@
-"""Optimiser helpers: weight-decay parameter groups and a warm-up + cosine schedule."""
+"""Optimiser helpers: weight-decay parameter groups and a warm-up + cosine schedule.
+
+**Extending a run re-plans its schedule.** The schedule is planned for the run's length
+(``trainer.max_epochs`` × batches per epoch), and a checkpoint holds that plan. A run resumed
+with another length (``trainer.max_epochs=2 ckpt_path=last`` after a 1-epoch run) would keep the
+old plan, which had already decayed to its floor, and train every new step at the floor
+learning rate. Instead, ``WarmupCosineLR`` keeps the plan made for the resumed run, the schedule
+that a run of the new length follows from its first step: from the next step on the learning
+rate is that schedule's (for the example, back up from the floor to 75% of ``lr``), and the run
+logs a warning with both plans and the jump. Weights, optimiser moments and the step count are
+restored as they were. A resume of the same length continues the saved schedule exactly.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -37,6 +52,39 @@ class WarmupCosine:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
 
 
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """A per-step ``LambdaLR`` of ``WarmupCosine`` that re-plans when a checkpoint planned for
+    another run length is loaded (see the module docstring)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        planned = [dict(vars(factor)) for factor in self.lr_lambdas]
+        super().load_state_dict(state_dict)
+        saved = [dict(vars(factor)) for factor in self.lr_lambdas]
+        if saved == planned:
+            return
+        for factor, plan in zip(self.lr_lambdas, planned, strict=True):
+            vars(factor).update(plan)
+        step = self.last_epoch
+        before = [group["lr"] for group in self.optimizer.param_groups]
+        factors = zip(self.base_lrs, self.lr_lambdas, strict=True)
+        after = [base * factor(step) for base, factor in factors]
+        for group, lr in zip(self.optimizer.param_groups, after, strict=True):
+            group["lr"] = lr
+        self._last_lr = after
+        log.warning(
+            "The checkpoint's learning-rate schedule was planned for %d steps, this run has %d "
+            "(trainer.max_epochs or the batches per epoch changed): re-planned over %d steps "
+            "(warm-up %d); at step %d the learning rate goes from %.3g to %.3g",
+            saved[0]["total_steps"],
+            planned[0]["total_steps"],
+            planned[0]["total_steps"],
+            planned[0]["warmup_steps"],
+            step,
+            before[0],
+            after[0],
+        )
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     *,
@@ -44,13 +92,13 @@ def warmup_cosine(
     warmup_fraction: float = 0.05,
     min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR with ``WarmupCosine``; Hydra passes the knobs, the task total_steps."""
+    """A ``WarmupCosineLR``; Hydra passes the knobs, the task total_steps."""
     factor = WarmupCosine(
         warmup_steps=max(1, round(warmup_fraction * total_steps)),
         total_steps=total_steps,
         min_lr_ratio=min_lr_ratio,
     )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return WarmupCosineLR(optimizer, factor)
 
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]

@@ -1,8 +1,11 @@
 """Compare runs: ``python -m attention_lab.report RUN_OR_SWEEP_DIR [...] [--out DIR]``.
 
-Reads run directories offline (no W&B needed): ``metrics.json``, ``history.jsonl`` and
-``.hydra/config.yaml``. Any folder below the given ones that holds ``.hydra/config.yaml`` is a
-run; a run without ``metrics.json`` failed (or is still running) and is listed as such.
+Reads run directories offline (no W&B needed): ``metrics.json``, ``history.jsonl`` and the
+config. Any folder below the given ones that holds ``.hydra/config.yaml`` is a run; a run
+without ``metrics.json`` failed (or is still running) and is listed as such. A run's settings
+are read from the config that produced its final weights, which ``metrics.json`` names (the
+last attempt's, ``.hydra/attempts/<time>/config.yaml``, when a resume changed settings), else
+from ``.hydra/config.yaml``; the report lists which.
 Writes ``report.md`` and PNG plots: validation curves per attention kind (mean and min-max band
 over seeds), the final test metric with error bars, and training throughput.
 """
@@ -29,6 +32,7 @@ class Run:
     """What the report needs of one run directory."""
 
     path: Path
+    config: Path  # the config its settings are read from
     experiment: str
     attention: str
     seed: int | None
@@ -66,14 +70,18 @@ def find_runs(roots: list[Path]) -> list[Run]:
 
 def load_run(path: Path) -> Run:
     """One run directory; a missing or unreadable ``metrics.json`` marks it failed."""
-    cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
     metrics_file = path / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    config = path / ".hydra" / "config.yaml"
+    if metrics is not None and metrics.get("config") and (path / metrics["config"]).is_file():
+        config = path / metrics["config"]
+    cfg = OmegaConf.load(config)
     failure_file = path / FAILURE_FILE
     error = json.loads(failure_file.read_text()).get("error") if failure_file.is_file() else None
     reported = cfg.get("reported")
     return Run(
         path=path,
+        config=config,
         experiment=str(cfg.get("experiment_name", "default")),
         attention=str(cfg.model.get("attention", "?")),
         seed=cfg.get("seed"),
@@ -136,6 +144,12 @@ def failures(runs: list[Run]) -> str:
     return "\n".join(
         f"- `{r.path}`: {r.error or 'no metrics.json (failed or unfinished)'}" for r in failed
     )
+
+
+def configs(runs: list[Run]) -> str:
+    """Markdown list: the config that produced each finished run's final weights."""
+    done = [r for r in runs if r.metrics is not None]
+    return "\n".join(f"- `{r.path}`: `{r.config.relative_to(r.path)}`" for r in done) or "None."
 
 
 def _by_attention(runs: list[Run]) -> dict[str, list[Run]]:
@@ -209,6 +223,8 @@ def write_report(roots: list[Path], out: Path) -> Path:
         summary_table(runs),
         "## Failed runs",
         failures(runs),
+        "## Configs of the final weights",
+        configs(runs),
     ]
     by_experiment: dict[str, list[Run]] = defaultdict(list)
     for run in runs:

@@ -15,6 +15,7 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from attention_lab.attempts import attempt_config_file
 from attention_lab.callbacks.history import read_history
 from attention_lab.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
 from attention_lab.config import validate
@@ -56,10 +58,17 @@ def _as_config_error(key: str, cause: BaseException) -> AttentionLabError:
 
 
 def record_failure(run_dir: Path, error: BaseException) -> None:
-    """Write ``failure.json`` (the error's type and message) so a report can show the failure."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``failure.json`` (the error's type and message) so a report can show the failure.
+
+    Where the folder cannot be written (the error may be just that), it is left out: the error
+    has been reported, and the attempt's own record holds it.
+    """
     message = f"{type(error).__name__}: {error}".strip()
-    (run_dir / FAILURE_FILE).write_text(json.dumps({"error": message}, indent=2) + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FAILURE_FILE).write_text(json.dumps({"error": message}, indent=2) + "\n")
+    except OSError as err:
+        log.debug("No %s in %s: %s", FAILURE_FILE, run_dir, err)
 
 
 # Model settings that only the data can know (the tokenizer decides the vocabulary sizes). A model
@@ -119,8 +128,12 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     ]
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then test the best checkpoint; returns (and writes) the run's metrics."""
+def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Fit, then test the best checkpoint; returns (and writes) the run's metrics.
+
+    ``on_start`` is called once every check has passed, before anything is written to the run
+    directory (``train.py`` uses it to tell a refused command from a started one).
+    """
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.checkpoint_dir)
@@ -146,6 +159,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         del resumed  # Lightning reads the file again; do not hold two copies
     if not data_decides_model:
         datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
+    if on_start is not None:
+        on_start()
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate_setting(
@@ -174,6 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model._target_,
         "attention": cfg.model.get("attention"),
         "seed": cfg.seed,
+        "config": attempt_config_file(),  # the config of the attempt that made these weights
         "params": n_params,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,

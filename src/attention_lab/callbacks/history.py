@@ -72,12 +72,13 @@ class MetricsHistory(L.Callback):
             "train/samples_per_s": self.samples_per_s,
         }
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not on_fit_end: a run stopped by a signal at its last epoch ends in on_train_end.
         self._write_pending(trainer)
 
     def _write_pending(self, trainer: L.Trainer) -> None:
         # Lightning reduces an epoch's training metrics only after on_train_epoch_end, so the
-        # row is written when the next epoch starts, or when fitting ends.
+        # row is written when the next epoch starts, or when training ends.
         if self._pending is None or not trainer.is_global_zero:
             return
         row = dict(self._pending)

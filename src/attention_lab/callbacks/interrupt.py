@@ -30,6 +30,12 @@ class CheckpointOnSignal(Checkpoint):
     consistent checkpoint and raises ``TrainingInterrupted`` (exit status 130 or 143 from
     ``train.py``). A second SIGINT aborts at once, for a run that hangs.
 
+    A signal never cuts an epoch's validation short: validation runs to its end, then the
+    checkpoints and the epoch's records (loggers, ``history.jsonl``) are written, and the run
+    stops before the next epoch; resumed, it goes on with that next epoch, so every epoch is
+    recorded once and whole. Stopped in the middle of a training epoch, it resumes that epoch
+    mid-way: that epoch's training metrics then cover the batches after the resume only.
+
     A ``Checkpoint`` so that Lightning calls it after the model and after every
     ``ModelCheckpoint``: a signal that arrives during validation stops the run only once the
     epoch's checkpoints are saved.
@@ -38,10 +44,12 @@ class CheckpointOnSignal(Checkpoint):
     def __init__(self, *, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
         self._received: int | None = None
+        self._stop: TrainingInterrupted | None = None  # saved at an epoch's end, raised after it
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._received = None
+        self._stop = None
         # Python allows signal handlers in the main thread only.
         if threading.current_thread() is threading.main_thread():
             # Installed after Lightning's own SIGTERM handler, which this one replaces.
@@ -58,23 +66,35 @@ class CheckpointOnSignal(Checkpoint):
         )
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._stop_if_signalled(trainer)
+        if self._received is not None:
+            raise self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_if_signalled(trainer)
+        # A signal during the epoch's last batch or its validation: the epoch's checkpoints are
+        # saved by now (this callback runs after every ModelCheckpoint), but Lightning logs the
+        # epoch's training metrics, and MetricsHistory writes its row, only after this hook. So
+        # the run saves here and stops when the next epoch (or the end of training) begins:
+        # every log then holds the epoch whole, and the resumed run starts with the next one.
+        if self._received is not None and self._stop is None:
+            self._stop = self._save(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stop is not None:
+            raise self._stop
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
+        if self._stop is not None:
+            raise self._stop
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
         self._restore()
 
-    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
-        if self._received is None:
-            return
+    def _save(self, trainer: L.Trainer) -> TrainingInterrupted:
+        """Save ``last.ckpt`` now; the error that stops the run, naming this checkpoint."""
         path = self.dirpath / LAST_CHECKPOINT
         trainer.save_checkpoint(path)
-        raise TrainingInterrupted(
+        return TrainingInterrupted(
             self._received,
             epoch=trainer.current_epoch,
             step=trainer.global_step,
