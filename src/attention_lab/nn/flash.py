@@ -164,7 +164,7 @@ class _FlashAttention(torch.autograd.Function):
         acc_dtype = _accumulation_dtype(q)
         block_mask = _block_mask(mask, tgt_len, src_len)
         q3, k3, v3 = (_flatten(x) for x in (q, k, v))  # (N, T, d_k), (N, S, d_k), (N, S, d_v)
-        out = q3.new_empty(q3.size(0), tgt_len, d_v)  # (N, T, d_v)
+        out = _empty_output(q, tgt_len, d_v)  # (..., T, d_v)
         log_sum_exp = q3.new_empty(q3.size(0), tgt_len, 1, dtype=acc_dtype)  # (N, T, 1): L
 
         for i0 in range(0, tgt_len, block_q):
@@ -188,10 +188,10 @@ class _FlashAttention(torch.autograd.Function):
                 _add_product(acc.mul_(rescale), probs, v3[:, j0:j1])  # O_i += P_ij V_j
                 row_max = new_max
             empty_row = row_sum == 0  # (N, B_r, 1): no key was allowed
-            out[:, i0:i1] = acc.div_(row_sum.masked_fill(empty_row, 1.0))
+            acc.div_(row_sum.masked_fill(empty_row, 1.0))  # (N, B_r, d_v)
+            out[..., i0:i1, :] = acc.view(*lead, i1 - i0, d_v)
             log_sum_exp[:, i0:i1] = (shift + row_sum.log()).masked_fill_(empty_row, math.inf)
 
-        out = out.view(*lead, tgt_len, d_v)  # (..., T, d_v)
         ctx.save_for_backward(q, k, v, out, log_sum_exp, *(() if mask is None else (mask,)))
         ctx.settings = (causal, dropout_p, seed, block_q, block_k, scale, mask is not None)
         return out
@@ -245,6 +245,15 @@ class _FlashAttention(torch.autograd.Function):
 def _accumulation_dtype(x: Tensor) -> torch.dtype:
     """fp32 for half-precision inputs (as the papers' kernels), the input's own dtype above."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def _empty_output(q: Tensor, tgt_len: int, d_v: int) -> Tensor:
+    """An empty (..., H, T, d_v) output laid out as (..., T, H, d_v) in memory, so that merging
+    the heads back into (..., T, H d_v) is a view: the layer's output projection then saves the
+    very storage this function saves, not a copy of it."""
+    *outer, heads = q.shape[:-2] or (1,)
+    out = q.new_empty(*outer, tgt_len, heads, d_v).transpose(-3, -2)  # (..., H, T, d_v)
+    return out.view(*q.shape[:-1], d_v)  # (..., T, d_v) for 2-D inputs too
 
 
 def _flatten(x: Tensor) -> Tensor:
