@@ -12,15 +12,20 @@ from attention_lab.bench import _saved_bytes, main
 from attention_lab.nn.attention import ATTENTION_KINDS
 
 
-def _train_table(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
-    """A ``train``/``inference`` table as {(experiment, kind, compiled): {column: cell}}."""
+def _table(path: Path, keys: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, str]]:
+    """A markdown table as {(the cells of ``keys``): {column: cell}}."""
     header, _, *lines = path.read_text().splitlines()
     columns = [cell.strip() for cell in header.split("|")[1:-1]]
     table = {}
     for line in lines:
         row = dict(zip(columns, (cell.strip() for cell in line.split("|")[1:-1]), strict=True))
-        table[row["experiment"], row["kind"], row["compiled"]] = row
+        table[tuple(row[key] for key in keys)] = row
     return table
+
+
+def _train_table(path: Path) -> dict[tuple[str, ...], dict[str, str]]:
+    """A ``train``/``inference`` table as {(experiment, kind, compiled): {column: cell}}."""
+    return _table(path, ("experiment", "kind", "compiled"))
 
 
 def test_saved_bytes_counts_each_saved_storage_once() -> None:
@@ -52,22 +57,55 @@ def test_attention_benchmark_writes_table_csv_and_plot(tmp_path: Path) -> None:
         "--min-time",
         "0.01",
     ]
-    main(args)
-    table = (tmp_path / "attention.md").read_text()
-    rows = {
-        tuple(cell.strip() for cell in line.split("|")[2:4]): line
-        for line in table.splitlines()[2:]
+    main([*args, "--masks", "none", "causal"])
+    rows = _table(tmp_path / "attention.md", ("mask", "T", "kind"))
+    assert set(rows) == {
+        (mask, length, kind)
+        for mask in ("none", "causal")
+        for length in ("16", "128")
+        for kind in ATTENTION_KINDS
     }
-    assert {kind for _, kind in rows} == set(ATTENTION_KINDS)
     assert (tmp_path / "attention.png").stat().st_size > 0
-    assert (tmp_path / "attention.csv").read_text().startswith("dtype,seq_len,kind")
+    assert (tmp_path / "attention.csv").read_text().startswith("dtype,mask,seq_len,kind")
 
-    def saved_mib(kind: str) -> float:
-        return float(rows["128", kind].split("|")[5])
+    def saved_mib(kind: str, mask: str = "none") -> float:
+        return float(rows[mask, "128", kind]["saved for backward, MiB"])
 
-    # The explicit path keeps the (B, H, T, T) weights for backward; the fused kernels do not.
+    # The explicit path keeps the (B, H, T, T) weights for backward; the fused kernels do not,
+    # and ours saves what nn.MultiheadAttention saves.
     assert saved_mib("scratch") > saved_mib("scratch_fused")
     assert saved_mib("scratch") > saved_mib("scratch_flash")
+    for mask in ("none", "causal"):
+        assert saved_mib("scratch_flash", mask) == pytest.approx(saved_mib("torch", mask), rel=0.05)
+
+
+def test_flash_block_benchmark_ranks_block_sizes(tmp_path: Path) -> None:
+    main(
+        [
+            "flash-blocks",
+            "--out",
+            str(tmp_path),
+            "--seq-lens",
+            "64",
+            "--block-sizes",
+            "16",
+            "64",
+            "--batch",
+            "2",
+            "--d-model",
+            "32",
+            "--heads",
+            "4",
+            "--repeats",
+            "1",
+            "--min-time",
+            "0.01",
+        ]
+    )
+    rows = _table(tmp_path / "flash-blocks.md", ("block_q", "block_k"))
+    assert set(rows) == {(q, k) for q in ("16", "64") for k in ("16", "64")}
+    times = [float(row["fwd+bwd ms"]) for row in rows.values()]
+    assert all(t > 0 for t in times) and times == sorted(times)  # fastest first
 
 
 def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:
