@@ -204,6 +204,7 @@ def test_tokenizer_from_vocab_and_tokenizer_json_match_transformers(tmp_path: Pa
         ids, padding = tokenizer.encode(texts)
         assert torch.equal(ids, expected["input_ids"])
         assert torch.equal(padding, expected["attention_mask"] == 0)
+        assert tokenizer.tokens(ids[0].tolist()) == reference.convert_ids_to_tokens(ids[0])
         short, _ = tokenizer.encode(texts, max_len=4)
         assert short.shape == (3, 4) and short[:, 0].eq(2).all() and short[:, -1].eq(3).all()
 
@@ -268,6 +269,22 @@ def test_vit_logits_and_gradients_equal_torchvision(tmp_path: Path, kind: str) -
         want = their[source.names[0]].grad
         want = source.transform(want) if source.transform else want
         torch.testing.assert_close(param.grad, want, atol=ATOL, rtol=1e-5, msg=name)
+
+
+def test_vit_with_a_new_head_keeps_the_body(tmp_path: Path) -> None:
+    """num_classes other than the checkpoint's: a fresh head over the pretrained features."""
+    reference = torchvision_vit(**SMALL_VIT).eval()
+    torch.save(reference.state_dict(), tmp_path / "vit.pth")
+    ours = vit_from_pretrained(str(tmp_path / "vit.pth"), n_heads=4, num_classes=3).eval()
+    assert ours.mlp_head.out_features == 3
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    features = {}
+    reference.heads.register_forward_hook(lambda m, args, out: features.update(ref=args[0]))
+    ours.mlp_head.register_forward_hook(lambda m, args, out: features.update(ours=args[0]))
+    with torch.no_grad():
+        reference(images)
+        ours(images)
+    torch.testing.assert_close(features["ours"], features["ref"], atol=ATOL, rtol=0)
 
 
 @pytest.mark.slow  # about 25 s on two shared CPU cores, mostly building two ViT-B/16s

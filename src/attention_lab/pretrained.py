@@ -94,15 +94,18 @@ def map_state_dict(
     *,
     ignored: Callable[[str], bool] = lambda name: False,
     what: str,
+    kept: tuple[str, ...] = (),
 ) -> dict[str, Tensor]:
     """Our state_dict built from ``source`` through ``name_map``, or one error listing every
-    missing, unexpected, unmapped or misshapen tensor."""
+    missing, unexpected, unmapped or misshapen tensor. Our tensors whose names start with one
+    of ``kept`` keep their values (a new head)."""
     ours = model.state_dict()
+    mapped = {name: t for name, t in ours.items() if kept and name.startswith(kept)}
     used = {name for entry in name_map.values() for name in entry.names}
     missing = sorted(used - source.keys())
     unexpected = sorted(n for n in source.keys() - used if not ignored(n))
-    unmapped = sorted(ours.keys() - name_map.keys())
-    mapped, misshapen = {}, []
+    unmapped = sorted(ours.keys() - name_map.keys() - mapped.keys())
+    misshapen = []
     for target, entry in name_map.items():
         if target not in ours or any(n not in source for n in entry.names):
             continue
@@ -143,9 +146,12 @@ def load_mapped(
     *,
     ignored: Callable[[str], bool] = lambda name: False,
     what: str,
+    kept: tuple[str, ...] = (),
 ) -> nn.Module:
-    """Fill ``model`` from ``source`` through ``name_map`` (strictly); returns the model."""
-    model.load_state_dict(map_state_dict(model, source, name_map, ignored=ignored, what=what))
+    """Fill ``model`` from ``source`` through ``name_map`` (strictly; see ``map_state_dict``);
+    returns the model."""
+    state = map_state_dict(model, source, name_map, ignored=ignored, what=what, kept=kept)
+    model.load_state_dict(state)
     return model
 
 
@@ -367,6 +373,10 @@ class BertTokenizer:
         padding = torch.tensor([e.attention_mask for e in encodings]) == 0  # (B, T)
         return ids, padding
 
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The token of each id, special tokens included (labels for attention maps)."""
+        return [self.tokenizer.id_to_token(i) for i in ids]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens dropped."""
         return self.tokenizer.decode(list(ids))
@@ -456,12 +466,14 @@ def vit_from_pretrained(
     n_heads: int | None = None,
     attention: str = "scratch",
     dropout: float = 0.0,
+    num_classes: int | None = None,
 ) -> VisionTransformer:
     """Our ``VisionTransformer`` with a torchvision ViT's weights.
 
     ``pretrained``: a torchvision name (``vit_b_16``, ...; downloaded) or a state_dict file of
     one. Sizes are read off the tensors, except the number of heads: ``n_heads``, or the one of
-    ``arch`` (the name itself when ``pretrained`` is a name).
+    ``arch`` (the name itself when ``pretrained`` is a name). ``num_classes`` other than the
+    checkpoint's gives a new, randomly initialised head (for fine-tuning on other classes).
     """
     if pretrained in TORCHVISION_VITS:
         arch, state = pretrained, _torchvision_state(pretrained)
@@ -477,6 +489,10 @@ def vit_from_pretrained(
             raise ConfigError(f"model.arch={arch} is not one of {', '.join(TORCHVISION_VITS)}")
         n_heads = TORCHVISION_VITS[arch][2]
     settings = vit_settings(state, n_heads=n_heads)
+    new_head = num_classes is not None and num_classes != settings["num_classes"]
+    if new_head:
+        settings["num_classes"] = num_classes
+        state = {name: t for name, t in state.items() if not name.startswith("heads.")}
     model = VisionTransformer(
         **settings,
         dropout=dropout,
@@ -487,4 +503,8 @@ def vit_from_pretrained(
         attention=attention,
         layer_norm_eps=VIT_LAYER_NORM_EPS,
     )
-    return load_mapped(model, state, vit_name_map(settings["n_layers"]), what=pretrained)
+    name_map = vit_name_map(settings["n_layers"])
+    kept = ("mlp_head.",) if new_head else ()
+    if new_head:
+        name_map = {name: src for name, src in name_map.items() if not name.startswith(kept)}
+    return load_mapped(model, state, name_map, what=pretrained, kept=kept)
