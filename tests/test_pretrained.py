@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from attention_lab.attention_maps import AttentionMap, plot_heads
+from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.errors import ConfigError, WeightsMismatchError
 from attention_lab.models import Bert, VisionTransformer
 from attention_lab.nn import ATTENTION_KINDS, Encoder, keep_attention_weights
 from attention_lab.optim import decay_groups
 from attention_lab.pretrained import (
-    BertTokenizer,
     bert_from_pretrained,
     bert_name_map,
     bert_sentiment_classifier,

@@ -18,30 +18,25 @@ Where the weights come from (``model.pretrained``):
   or a local file holding such a state_dict.
 Offline with neither, the run stops with one ``ConfigError`` naming ``model.pretrained``.
 
-The BERT tokenizer is the checkpoint's own (``tokenizer.json``, or ``vocab.txt`` through
-``tokenizers``' WordPiece), with the checkpoint's special-token ids as they are: [PAD] is 0 in
-``bert-base-uncased`` but [CLS] is 101, unlike our own tokenizer's fixed <pad>..<unk> = 0..3.
+The BERT tokenizer is the checkpoint's own: ``attention_lab.data.bert_tokenizer``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from torch import Tensor, nn
 
 from attention_lab.errors import ConfigError, WeightsMismatchError
+from attention_lab.hub import BERT_FALLBACK_WEIGHTS, SETTING, resolve_bert_dir
 from attention_lab.models.bert import Bert, BertSentimentClassifier
 from attention_lab.models.vit import VisionTransformer
 
-SETTING = "model.pretrained"
-BERT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
-BERT_FALLBACK_WEIGHTS = "pytorch_model.bin"
 # Hugging Face activation names -> ours (blocks.ACTIVATIONS).
 HF_ACTIVATIONS = {
     "gelu": "gelu",
@@ -215,28 +210,6 @@ def _normalise_bert_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return renamed
 
 
-def resolve_bert_dir(pretrained: str) -> Path:
-    """A local checkpoint directory as is; otherwise the hub id's files, downloaded or cached."""
-    local = Path(pretrained).expanduser()
-    if local.is_dir():
-        return local
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-
-        folder = Path(snapshot_download(pretrained, allow_patterns=list(BERT_FILES)))
-        if not (folder / "model.safetensors").exists():
-            hf_hub_download(pretrained, BERT_FALLBACK_WEIGHTS)
-            folder = Path(snapshot_download(pretrained, allow_patterns=[*BERT_FILES, "*.bin"]))
-    except Exception as error:  # offline, unknown id, no permission: all mean the same to users
-        raise ConfigError(
-            f"{SETTING}={pretrained} is neither a local checkpoint directory nor downloadable "
-            f"from the Hugging Face hub ({type(error).__name__}: {error}). Download it where "
-            f"there is internet (huggingface-cli download {pretrained} --local-dir DIR) and set "
-            f"{SETTING}=DIR"
-        ) from error
-    return folder
-
-
 def _bert_weights_file(folder: Path) -> Path:
     for name in ("model.safetensors", BERT_FALLBACK_WEIGHTS):
         if (folder / name).exists():
@@ -322,64 +295,6 @@ def bert_sentiment_classifier(
         freeze_body=freeze_body,
         body_lr_scale=body_lr_scale,
     )
-
-
-class BertTokenizer:
-    """The checkpoint's WordPiece tokenizer (Hugging Face ``tokenizers``), ids as it has them."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        ids = {token: tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]")}
-        if None in ids.values():
-            lacking = ", ".join(t for t, i in ids.items() if i is None)
-            raise ConfigError(f"{SETTING}: the tokenizer has no {lacking} token")
-        self.pad_id, self.cls_id, self.sep_id = ids.values()
-        self.unk_id = tokenizer.token_to_id("[UNK]")
-
-    @classmethod
-    def from_pretrained(cls, pretrained: str) -> BertTokenizer:
-        """From ``tokenizer.json`` if the checkpoint has one, else from ``vocab.txt``."""
-        folder = resolve_bert_dir(pretrained)
-        if (folder / "tokenizer.json").exists():
-            return cls(Tokenizer.from_file(str(folder / "tokenizer.json")))
-        if not (folder / "vocab.txt").exists():
-            raise ConfigError(f"{SETTING}={pretrained} has neither tokenizer.json nor vocab.txt")
-        config_file = folder / "tokenizer_config.json"
-        config = json.loads(config_file.read_text()) if config_file.exists() else {}
-        lowercase = config.get("do_lower_case", True)
-        tokenizer = Tokenizer(models.WordPiece.from_file(str(folder / "vocab.txt")))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece()
-        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-        if cls_id is not None and sep_id is not None:
-            tokenizer.post_processor = processors.BertProcessing(
-                ("[SEP]", sep_id), ("[CLS]", cls_id)
-            )
-        return cls(tokenizer)
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, special tokens included."""
-        return self.tokenizer.get_vocab_size()
-
-    def encode(self, texts: Sequence[str], *, max_len: int = 512) -> tuple[Tensor, Tensor]:
-        """[CLS] text [SEP] per text, truncated to ``max_len`` and padded to the longest:
-        (ids (B, T), key_padding_mask (B, T), True = padding)."""
-        self.tokenizer.enable_truncation(max_len)
-        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
-        encodings = self.tokenizer.encode_batch(list(texts))
-        ids = torch.tensor([e.ids for e in encodings])  # (B, T)
-        padding = torch.tensor([e.attention_mask for e in encodings]) == 0  # (B, T)
-        return ids, padding
-
-    def tokens(self, ids: Sequence[int]) -> list[str]:
-        """The token of each id, special tokens included (labels for attention maps)."""
-        return [self.tokenizer.id_to_token(i) for i in ids]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids``, special tokens dropped."""
-        return self.tokenizer.decode(list(ids))
 
 
 # ---------------------------------------------------------------------------------------- ViT
