@@ -233,6 +233,29 @@ def test_sentiment_classifier_is_the_course_model(bert_checkpoint) -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(unfrozen.parameters()))
 
 
+def test_sentiment_model_builds_from_a_model_config(bert_checkpoint) -> None:
+    """What ``experiment=sst2_bert`` will compose: ``model.pretrained`` is a plain setting."""
+    from omegaconf import OmegaConf
+
+    from attention_lab.training import build_model
+
+    folder, _ = bert_checkpoint
+    model_cfg = {
+        "_target_": "attention_lab.pretrained.bert_sentiment_classifier",
+        "pretrained": str(folder),
+        "attention": "scratch_fused",
+        "num_classes": 2,
+        "freeze_body": False,
+        "body_lr_scale": 0.1,
+        "compile": False,
+    }
+    net = build_model(OmegaConf.create({"model": model_cfg}))
+    assert net.lr_scales == {"body": 0.1} and net(padded_batch()[0]).shape == (3, 2)
+    model_cfg["pretrained"] = str(folder / "missing")
+    with pytest.raises(ConfigError, match=r"model\.pretrained"):
+        build_model(OmegaConf.create({"model": model_cfg}))
+
+
 def torchvision_vit(**sizes) -> nn.Module:
     """A torchvision ViT with a random (not zero) head, so that logits differ between images."""
     torch.manual_seed(0)
