@@ -310,20 +310,9 @@ def _translation_step(
     return loss, batch, batch * length
 
 
-def _vit_settings(arch: str) -> dict:
-    patch_size, n_layers, n_heads, d_model, d_ff = TORCHVISION_VITS[arch]
-    return {
-        "patch_size": patch_size,
-        "n_layers": n_layers,
-        "n_heads": n_heads,
-        "d_model": d_model,
-        "d_ff": d_ff,
-    }
-
-
 # Constructor settings of the models at pretrained checkpoints' sizes (Bert's defaults are
 # BERT-base's).
-SIZED_MODELS = {"bert_base": {}, "vit_b_16": _vit_settings("vit_b_16")}
+SIZED_MODELS = {"bert_base": {}, "vit_b_16": TORCHVISION_VITS["vit_b_16"]}
 
 
 def _sized_model(name: str, kind: str) -> nn.Module:

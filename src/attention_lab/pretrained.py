@@ -48,13 +48,16 @@ HF_ACTIVATIONS = {
 # heads (masked LM, next sentence), other tasks' classifiers, and the position-id buffer.
 BERT_IGNORED_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
 BERT_IGNORED_SUFFIXES = ("position_ids",)
-# torchvision's ViTs: patch size, layers, heads, width, feed-forward width.
+# torchvision's ViTs, in our constructor's names (the image size is read off the weights).
 TORCHVISION_VITS = {
-    "vit_b_16": (16, 12, 12, 768, 3072),
-    "vit_b_32": (32, 12, 12, 768, 3072),
-    "vit_l_16": (16, 24, 16, 1024, 4096),
-    "vit_l_32": (32, 24, 16, 1024, 4096),
-    "vit_h_14": (14, 32, 16, 1280, 5120),
+    name: {"patch_size": p, "n_layers": layers, "n_heads": h, "d_model": e, "d_ff": f}
+    for name, (p, layers, h, e, f) in {
+        "vit_b_16": (16, 12, 12, 768, 3072),
+        "vit_b_32": (32, 12, 12, 768, 3072),
+        "vit_l_16": (16, 24, 16, 1024, 4096),
+        "vit_l_32": (32, 24, 16, 1024, 4096),
+        "vit_h_14": (14, 32, 16, 1280, 5120),
+    }.items()
 }
 VIT_LAYER_NORM_EPS = 1e-6
 
@@ -87,7 +90,7 @@ def map_state_dict(
     source: dict[str, Tensor],
     name_map: NameMap,
     *,
-    ignored: Callable[[str], bool] = lambda name: False,
+    ignored: Callable[[str], bool] | None = None,
     what: str,
     kept: tuple[str, ...] = (),
 ) -> dict[str, Tensor]:
@@ -98,7 +101,7 @@ def map_state_dict(
     mapped = {name: t for name, t in ours.items() if kept and name.startswith(kept)}
     used = {name for entry in name_map.values() for name in entry.names}
     missing = sorted(used - source.keys())
-    unexpected = sorted(n for n in source.keys() - used if not ignored(n))
+    unexpected = sorted(n for n in source.keys() - used if not (ignored and ignored(n)))
     unmapped = sorted(ours.keys() - name_map.keys() - mapped.keys())
     misshapen = []
     for target, entry in name_map.items():
@@ -139,7 +142,7 @@ def load_mapped(
     source: dict[str, Tensor],
     name_map: NameMap,
     *,
-    ignored: Callable[[str], bool] = lambda name: False,
+    ignored: Callable[[str], bool] | None = None,
     what: str,
     kept: tuple[str, ...] = (),
 ) -> nn.Module:
@@ -402,7 +405,7 @@ def vit_from_pretrained(
     if n_heads is None:
         if arch not in TORCHVISION_VITS:
             raise ConfigError(f"model.arch={arch} is not one of {', '.join(TORCHVISION_VITS)}")
-        n_heads = TORCHVISION_VITS[arch][2]
+        n_heads = TORCHVISION_VITS[arch]["n_heads"]
     settings = vit_settings(state, n_heads=n_heads)
     new_head = num_classes is not None and num_classes != settings["num_classes"]
     if new_head:
