@@ -112,6 +112,19 @@ def test_bert_gradients_equal_transformers(tmp_path: Path, kind: str) -> None:
         torch.testing.assert_close(param.grad, expected, atol=ATOL, rtol=1e-5, msg=name)
 
 
+def test_bert_with_tanh_gelu_equals_transformers(tmp_path: Path) -> None:
+    """hidden_act=gelu_new (GPT-2's tanh approximation) maps onto our ``gelu_tanh``."""
+    torch.manual_seed(0)
+    reference = transformers.BertModel(tiny_bert_config(hidden_act="gelu_new")).eval()
+    reference.save_pretrained(tmp_path)
+    ours = bert_from_pretrained(str(tmp_path)).eval()
+    ids, attention_mask, token_types = padded_batch()
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=attention_mask, token_type_ids=token_types)
+        got = ours(ids, attention_mask == 0, token_types)
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=ATOL, rtol=0)
+
+
 def test_bert_pretraining_checkpoint_with_old_names(tmp_path: Path) -> None:
     """A BertForPreTraining .bin (``bert.`` prefix, LayerNorm gamma/beta, the MLM and NSP heads)
     loads: the heads are dropped on purpose, the names normalised."""

@@ -11,8 +11,7 @@
   sizes were chosen.
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
   size; samples/s, and tokens/s for translation and BERT), every attention kind measured in one
-  process,
-  interleaved, several repeats, median reported, with the ratio to ``torch``; with
+  process, interleaved, several repeats, median reported, with the ratio to ``torch``; with
   ``--compile``, each kind also compiled, with its speed-up over eager; with ``--inference``,
   forward passes in eval mode instead (no dropout, no gradients: where fused kernels run).
   Besides the experiments, ``bert_base`` and ``vit_b_16`` are models at the sizes of those
