@@ -323,6 +323,27 @@ def test_vit_with_a_new_head_keeps_the_body(tmp_path: Path) -> None:
     torch.testing.assert_close(features["ours"], features["ref"], atol=ATOL, rtol=0)
 
 
+def test_pretrained_vit_attention_maps_through_the_image_task(tmp_path: Path) -> None:
+    """The image task's attention maps (the callback's source) work on a pretrained ViT: one
+    map per layer, rows that are distributions, and the rollout over the 4x4 patch grid."""
+    from functools import partial
+
+    from attention_lab.attention_maps import attention_rollout, plot_rollout
+    from attention_lab.tasks import ImageClassificationTask
+
+    torch.save(torchvision_vit(**SMALL_VIT).state_dict(), tmp_path / "vit.pth")
+    net = vit_from_pretrained(str(tmp_path / "vit.pth"), n_heads=4).eval()
+    task = ImageClassificationTask(net, partial(torch.optim.AdamW), num_classes=5)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    snapshot = task.attention_maps((images, torch.zeros(2, dtype=torch.long)))
+    assert [m.weights.shape for m in snapshot.maps] == [(2, 4, 17, 17)] * 2
+    for attention_map in snapshot.maps:
+        torch.testing.assert_close(attention_map.weights.sum(-1), torch.ones(2, 4, 17))
+    assert snapshot.patch_grid == (4, 4) and snapshot.maps[0].key_labels[0][0] == "cls"
+    rollout = attention_rollout([m.weights for m in snapshot.maps])  # (2, 17, 17)
+    assert plot_rollout(images[0], rollout[0], snapshot.patch_grid, "rollout").axes
+
+
 @pytest.mark.slow  # about 25 s on two shared CPU cores, mostly building two ViT-B/16s
 def test_vit_b_16_logits_equal_torchvision(tmp_path: Path) -> None:
     """Full size once (random weights: no download)."""
