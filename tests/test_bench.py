@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attention_lab.bench import _saved_bytes, main
+from attention_lab.bench import SIZED_MODELS, _saved_bytes, _sized_model, main
 from attention_lab.nn.attention import ATTENTION_KINDS
 
 
@@ -174,6 +174,56 @@ def test_train_benchmark_counts_translation_tokens_and_compiled_speedup(tmp_path
     # saved tensors of compiled graphs: not seen
     assert (compiled_row["memory (MiB)"], compiled_row["memory vs torch"]) == ("–", "–")
     assert ("multi30k_transformer", "scratch", "no") in table
+
+
+def test_bert_base_and_vit_b_16_have_the_reference_sizes() -> None:
+    """Built on the meta device (no memory): the parameter counts of the references."""
+    with torch.device("meta"):
+        bert = _sized_model("bert_base", "scratch")
+        vit = _sized_model("vit_b_16", "scratch")
+    # transformers' BertModel (bert-base-uncased) without its pooler, plus a 768 x 2 head
+    assert sum(p.numel() for p in bert.parameters()) == 109_482_240 - 768 * 769 + 768 * 2 + 2
+    assert sum(p.numel() for p in vit.parameters()) == 86_567_656  # torchvision's vit_b_16
+
+
+def test_train_benchmark_measures_bert_base_and_vit_b_16(tmp_path: Path, monkeypatch) -> None:
+    """The plumbing, at tiny sizes: BERT-base counts its tokens, ViT-B/16 its images."""
+    tiny = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}
+    monkeypatch.setitem(SIZED_MODELS, "bert_base", {**tiny, "vocab_size": 100})
+    monkeypatch.setitem(SIZED_MODELS, "vit_b_16", {**tiny, "patch_size": 56})
+    main(
+        [
+            "train",
+            "--out",
+            str(tmp_path),
+            "--experiments",
+            "bert_base",
+            "vit_b_16",
+            "--kinds",
+            "scratch",
+            "torch",
+            "--sized-batch",
+            "1",
+            "--seq-len",
+            "8",
+            "--repeats",
+            "1",
+            "--min-time",
+            "0.01",
+        ]
+    )
+    with (tmp_path / "train.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(row["experiment"], row["kind"]) for row in rows} == {
+        (name, kind) for name in ("bert_base", "vit_b_16") for kind in ("scratch", "torch")
+    }
+    for row in rows:
+        tokens_per_sample = 8 if row["experiment"] == "bert_base" else 0
+        assert float(row["tokens_per_s"]) == pytest.approx(
+            tokens_per_sample * float(row["samples_per_s"])
+        )
+    table = _train_table(tmp_path / "train.md")
+    assert table["vit_b_16", "torch", "no"]["vs torch"] == "1.00x"
 
 
 def test_data_benchmark_runs_the_augmented_pipeline(tmp_path: Path, tiny_mnist: Path) -> None:

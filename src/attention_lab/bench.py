@@ -10,10 +10,14 @@
 - ``flash-blocks``: ``scratch_flash`` over a grid of (block_q, block_k): how its default block
   sizes were chosen.
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
-  size; samples/s, and tokens/s for translation), every attention kind measured in one process,
-  interleaved, several repeats, median reported, with the ratio to ``torch``; with
+  size; samples/s, and tokens/s for translation and BERT), every attention kind measured in one
+  process, interleaved, several repeats, median reported, with the ratio to ``torch``; with
   ``--compile``, each kind also compiled, with its speed-up over eager; with ``--inference``,
   forward passes in eval mode instead (no dropout, no gradients: where fused kernels run).
+  Besides the experiments, ``bert_base`` and ``vit_b_16`` are models at the sizes of those
+  pretrained checkpoints (random weights, nothing downloaded): BERT-base with the course's
+  sentiment head, fully fine-tuned, on ``--seq-len`` tokens; ViT-B/16 on 224x224 images, 1000
+  classes. Their batch is ``--sized-batch``.
 - ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
   augmentation), to compare with what a model consumes.
 
@@ -39,12 +43,14 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
 
+from attention_lab.models import Bert, BertSentimentClassifier, VisionTransformer
 from attention_lab.nn.attention import (
     ATTENTION_KINDS,
     MultiHeadAttention,
     build_attention,
     causal_mask,
 )
+from attention_lab.pretrained import TORCHVISION_VITS, VIT_LAYER_NORM_EPS
 from attention_lab.training import (
     build_model,
     fill_model_settings_from_data,
@@ -303,6 +309,42 @@ def _translation_step(
     return loss, batch, batch * length
 
 
+# Constructor settings of the models at pretrained checkpoints' sizes (Bert's defaults are
+# BERT-base's).
+SIZED_MODELS = {"bert_base": {}, "vit_b_16": TORCHVISION_VITS["vit_b_16"]}
+
+
+def _sized_model(name: str, kind: str) -> nn.Module:
+    """BERT-base (with the course's sentiment head, unfrozen) or ViT-B/16, random weights."""
+    settings = SIZED_MODELS[name]
+    if name == "bert_base":
+        body = Bert(**settings, attention=kind, pooler=False)
+        return BertSentimentClassifier(body=body, freeze_body=False)
+    return VisionTransformer(
+        **settings,
+        image_size=224,
+        in_channels=3,
+        num_classes=1000,
+        dropout=0.0,  # torchvision's default
+        attention=kind,
+        layer_norm_eps=VIT_LAYER_NORM_EPS,
+    )
+
+
+def _sized_step(
+    name: str, net: nn.Module, device: torch.device, batch: int, length: int
+) -> StepLoss:
+    """Cross-entropy on a synthetic batch for a ``SIZED_MODELS`` model."""
+    if name == "bert_base":
+        vocab = net.body.token_embedding.num_embeddings
+        tokens = torch.randint(1, vocab, (batch, length), device=device)  # (B, T), no [PAD]
+        labels = torch.randint(0, 2, (batch,), device=device)
+        return lambda: F.cross_entropy(net(tokens), labels), batch, batch * length
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    return lambda: F.cross_entropy(net(images), labels), batch, 0
+
+
 def _train_step(loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss().backward()
@@ -324,8 +366,9 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     rows = []
     for experiment in args.experiments:
-        cfg = _experiment_config(experiment, args.overrides)
-        translation = "src_vocab_size" in cfg.model
+        sized = experiment in SIZED_MODELS
+        cfg = None if sized else _experiment_config(experiment, args.overrides)
+        translation = not sized and "src_vocab_size" in cfg.model
         if translation:  # the tokenizer decides these in a real run; no tokenizer is trained here
             synthetic_data = SimpleNamespace(
                 src_vocab_size=cfg.data.vocab_size,
@@ -337,12 +380,19 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         for kind in args.kinds:
             for compiled in (False, True) if args.compile else (False,):
                 torch.manual_seed(0)
-                cfg.model.attention, cfg.model.compile = kind, compiled
-                net = build_model(cfg).to(device).train()
-                if translation:
-                    loss, samples, tokens = _translation_step(cfg, net, device, args.seq_len)
+                if sized:
+                    net = _sized_model(experiment, kind).to(device).train()
+                    if compiled:
+                        net.compile()
+                    step_loss = _sized_step(experiment, net, device, args.sized_batch, args.seq_len)
                 else:
-                    loss, samples, tokens = _classification_step(cfg, net, device)
+                    cfg.model.attention, cfg.model.compile = kind, compiled
+                    net = build_model(cfg).to(device).train()
+                    if translation:
+                        step_loss = _translation_step(cfg, net, device, args.seq_len)
+                    else:
+                        step_loss = _classification_step(cfg, net, device)
+                loss, samples, tokens = step_loss
                 if args.inference:
                     net.eval()  # no dropout: the fused kernels can run
                     step = partial(_inference_step, loss)
@@ -388,6 +438,11 @@ def _step_memory(
     return float("nan") if compiled or loss is None else float(_saved_bytes(loss))
 
 
+def _rate(value: float) -> str:
+    """A rate with no decimals, except below 10 (a BERT-base step on a CPU: 0.37 samples/s)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+
+
 def train_table(rows: list[dict]) -> str:
     """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, the range
     over repeats, the ratio to torch (compiled or not alike), for compiled rows the speed-up
@@ -408,13 +463,13 @@ def train_table(rows: list[dict]) -> str:
         reference = (experiment, "torch", compiled)
         vs_torch = f"{rate[key] / rate[reference]:.2f}x" if reference in rate else "–"
         vs_eager = f"{rate[key] / rate[experiment, kind, False]:.2f}x" if compiled else "–"
-        token_cell = f"{tokens[key]:.0f}" if tokens[key] else "–"
+        token_cell = _rate(tokens[key]) if tokens[key] else "–"
         mib, torch_mib = memory[key], memory.get(reference, math.nan)
         mib_cell = "–" if math.isnan(mib) else f"{mib:.1f}"
         mib_ratio = "–" if math.isnan(mib / torch_mib) else f"{mib / torch_mib:.2f}x"
         lines.append(
-            f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {rate[key]:.0f} "
-            f"| {low[key]:.0f}–{high[key]:.0f} | {token_cell} | {vs_torch} | {vs_eager} "
+            f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {_rate(rate[key])} "
+            f"| {_rate(low[key])}–{_rate(high[key])} | {token_cell} | {vs_torch} | {vs_eager} "
             f"| {mib_cell} | {mib_ratio} |"
         )
     return "\n".join(lines)
@@ -464,7 +519,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--experiments",
         nargs="+",
-        help="experiments to measure (train: all three models; data: the two MNIST ones)",
+        help="experiments to measure (train: all three models, or also bert_base and vit_b_16; "
+        "data: the two MNIST ones)",
     )
     parser.add_argument(
         "--kinds",
@@ -487,7 +543,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[64, 128, 256, 512, 1024],
         help="flash-blocks: the block sizes tried for block_q and block_k",
     )
-    parser.add_argument("--seq-len", type=int, default=24, help="train: tokens per sentence")
+    parser.add_argument(
+        "--seq-len", type=int, default=24, help="train: tokens per sentence (translation, BERT)"
+    )
+    parser.add_argument(
+        "--sized-batch", type=int, default=32, help="train: batch of bert_base and vit_b_16"
+    )
     parser.add_argument(
         "--compile", action="store_true", help="train: also measure each kind compiled"
     )

@@ -21,6 +21,10 @@ class DataFormatError(AttentionLabError, ValueError):
     """Data files that exist but cannot be used (empty, mismatched); the message names them."""
 
 
+class WeightsMismatchError(AttentionLabError, ValueError):
+    """Pretrained tensors that do not fit the model; the message lists every name at fault."""
+
+
 class NonFiniteLossError(AttentionLabError, ArithmeticError):
     """A loss became NaN or infinite; the message names the metric, epoch and step."""
 

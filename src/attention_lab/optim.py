@@ -24,13 +24,36 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (weights of linear layers, embeddings); leave biases and norms alone."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def decay_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Decay matrices (weights of linear layers, embeddings); leave biases and norms alone.
+
+    A model may carry ``lr_scales``, a parameter-name prefix -> factor of the learning rate
+    ``lr`` (a pretrained body fine-tuned more gently than its new head); those parameters get
+    groups of their own with that ``lr``.
+    """
+    scales: dict[str, float] = getattr(model, "lr_scales", None) or {}
+    grouped: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = next(
+            (f for prefix, f in scales.items() if name == prefix or name.startswith(f"{prefix}.")),
+            1.0,
+        )
+        grouped.setdefault((scale, param.dim() >= 2), []).append(param)
+    groups = []
+    for scale in sorted({scale for scale, _ in grouped}, reverse=True):
+        for decay in (True, False):
+            group = {
+                "params": grouped.get((scale, decay), []),
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+            if scale != 1.0:
+                if lr is None:
+                    raise ValueError("the model has lr_scales but no learning rate was given")
+                group["lr"] = lr * scale
+            groups.append(group)
+    return groups
 
 
 class WarmupCosine:
@@ -113,9 +136,11 @@ def optimizers_for(
     total_steps: int,
 ) -> dict:
     """What ``LightningModule.configure_optimizers`` returns: the optimiser over
-    ``decay_groups`` (with the factory's weight decay), and the scheduler stepped every step."""
-    weight_decay = getattr(optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-    optimizer = optimizer_factory(params=decay_groups(model, weight_decay))
+    ``decay_groups`` (with the factory's weight decay and learning rate), and the scheduler
+    stepped every step."""
+    keywords = getattr(optimizer_factory, "keywords", {})
+    groups = decay_groups(model, keywords.get("weight_decay", 0.0), keywords.get("lr"))
+    optimizer = optimizer_factory(params=groups)
     if scheduler_factory is None:
         return {"optimizer": optimizer}
     scheduler = scheduler_factory(optimizer, total_steps=total_steps)

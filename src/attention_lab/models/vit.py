@@ -12,14 +12,19 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
-from attention_lab.nn.blocks import Encoder
+from attention_lab.nn.blocks import DEFAULT_LAYER_NORM_EPS, Encoder
 from attention_lab.nn.positional import build_positional
 
 VIT_POOLINGS = ("cls", "mean")
 
 
 class VisionTransformer(nn.Module):
-    """Patches -> linear embedding -> [class token] + positions -> pre-norm encoder -> MLP head."""
+    """Patches -> linear embedding -> [class token] + positions -> pre-norm encoder -> MLP head.
+
+    The patch embedding is a linear map of each flattened patch, which is what a convolution
+    with kernel and stride ``patch_size`` computes; ``attention_lab.pretrained`` maps
+    torchvision's ``conv_proj`` onto it. torchvision's ViTs use ``layer_norm_eps=1e-6``.
+    """
 
     def __init__(
         self,
@@ -39,6 +44,7 @@ class VisionTransformer(nn.Module):
         class_token: bool = True,
         pooling: str = "cls",
         attention: str = "scratch",
+        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         if patch_size <= 0 or image_size % patch_size != 0:
@@ -84,6 +90,7 @@ class VisionTransformer(nn.Module):
             activation=activation,
             norm_first=True,  # ViT is pre-norm
             attention=attention,
+            layer_norm_eps=layer_norm_eps,
         )
         self.mlp_head = nn.Linear(d_model, num_classes)
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from torch import Tensor, nn
 
 from attention_lab.nn.attention import build_attention
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+# "gelu" is the exact (erf) GELU of BERT and ViT; "gelu_tanh" its tanh approximation (GPT-2).
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh")}
+DEFAULT_LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's; pretrained models bring their own (BERT 1e-12)
 
 
 class FeedForward(nn.Module):
@@ -64,14 +67,15 @@ class EncoderBlock(nn.Module):
         activation: str = "relu",
         norm_first: bool = True,
         attention: str = "scratch",
+        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         self.self_attn = build_attention(
             attention, d_model=d_model, n_heads=n_heads, dropout=dropout
         )
         self.ff = FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
         self.keep_attention = False
@@ -113,6 +117,7 @@ class Encoder(nn.Module):
         activation: str = "relu",
         norm_first: bool = True,
         attention: str = "scratch",
+        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         if n_layers <= 0:
@@ -126,10 +131,11 @@ class Encoder(nn.Module):
                 activation=activation,
                 norm_first=norm_first,
                 attention=attention,
+                layer_norm_eps=layer_norm_eps,
             )
             for _ in range(n_layers)
         )
-        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.final_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if norm_first else nn.Identity()
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding."""
@@ -164,6 +170,7 @@ class DecoderBlock(nn.Module):
         activation: str = "relu",
         norm_first: bool = True,
         attention: str = "scratch",
+        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         self.self_attn = build_attention(
@@ -173,9 +180,9 @@ class DecoderBlock(nn.Module):
             attention, d_model=d_model, n_heads=n_heads, dropout=dropout
         )
         self.ff = FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
         self.keep_attention = False

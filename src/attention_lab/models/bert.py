@@ -1,0 +1,144 @@
+"""BERT (Devlin et al., 2019) over our shared ``Encoder``, and the course's sentiment model on it.
+
+"BERT's model architecture is a multi-layer bidirectional Transformer encoder based on the
+original implementation described in Vaswani et al. (2017)." The input representation is "the
+sum of the token embeddings, the segmentation embeddings and the position embeddings", then
+layer normalisation and dropout; the blocks are post-norm with a GELU feed-forward and
+LayerNorm eps 1e-12; the pooler is a dense layer with tanh on the final state of [CLS].
+
+``Bert`` has the sizes and parameters of Hugging Face's ``BertModel`` so that
+``attention_lab.pretrained`` can map a checkpoint onto it; its attention is any
+``model.attention`` kind. One difference in training only: our feed-forward has dropout after
+its activation, where BERT has none (no effect in eval mode, nor with dropout 0).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from attention_lab.nn.blocks import Encoder
+from attention_lab.nn.positional import build_positional
+
+
+class BertOutput(NamedTuple):
+    """What ``Bert`` returns."""
+
+    last_hidden_state: Tensor  # (B, T, E)
+    pooled: Tensor | None  # (B, E): tanh(W h_[CLS] + b), or None without a pooler
+
+
+class Bert(nn.Module):
+    """Token + position + token-type embeddings -> LayerNorm -> post-norm encoder [-> pooler]."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int = 30522,
+        max_len: int = 512,
+        type_vocab_size: int = 2,
+        d_model: int = 768,
+        n_heads: int = 12,
+        n_layers: int = 12,
+        d_ff: int = 3072,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        pad_id: int = 0,
+        pooler: bool = True,
+        attention: str = "scratch",
+    ) -> None:
+        super().__init__()
+        for name, value in {"vocab_size": vocab_size, "type_vocab_size": type_vocab_size}.items():
+            if value <= 0:
+                raise ValueError(f"{name}={value} must be positive")
+        self.pad_id = pad_id
+        self.token_embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.positional = build_positional("learned", d_model=d_model, max_len=max_len)
+        self.token_type_embedding = nn.Embedding(type_vocab_size, d_model)
+        self.embedding_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = Encoder(
+            n_layers=n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            dropout=dropout,
+            activation=activation,
+            norm_first=False,  # BERT is post-norm, as the original transformer
+            attention=attention,
+            layer_norm_eps=layer_norm_eps,
+        )
+        self.pooler = nn.Linear(d_model, d_model) if pooler else None
+
+    @property
+    def d_model(self) -> int:
+        """Width of the hidden states."""
+        return self.token_embedding.embedding_dim
+
+    def forward(
+        self,
+        tokens: Tensor,
+        key_padding_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> BertOutput:
+        """tokens: (B, T) ids -> hidden states (B, T, E) and pooled [CLS] state (B, E).
+
+        key_padding_mask: (B, T), True = padding; None takes the positions holding ``pad_id``.
+        (Hugging Face's ``attention_mask`` is its negation: 1 = token.) token_type_ids: (B, T),
+        the segment of each token; None means all segment 0.
+        """
+        if key_padding_mask is None:
+            key_padding_mask = tokens == self.pad_id  # (B, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(tokens)  # (B, T)
+        x = self.positional(self.token_embedding(tokens))  # (B, T, E)
+        x = self.embedding_norm(x + self.token_type_embedding(token_type_ids))  # (B, T, E)
+        x = self.encoder(self.dropout(x), key_padding_mask)  # (B, T, E)
+        pooled = None if self.pooler is None else torch.tanh(self.pooler(x[:, 0]))  # (B, E)
+        return BertOutput(x, pooled)
+
+
+class BertSentimentClassifier(nn.Module):
+    """The course's sentiment model: a linear layer on tanh of BERT's last [CLS] state.
+
+    Not BERT's pooler (which is trained on next-sentence prediction): the course reads
+    ``last_hidden_state[:, 0]``, applies tanh and one ``nn.Linear``. With ``freeze_body`` (the
+    course's setting) only the head trains; without it the whole model is fine-tuned, and
+    ``lr_scales`` tells ``attention_lab.optim`` to give the body ``body_lr_scale`` times the
+    task's learning rate. As in the course, a frozen body still follows ``train()`` (its dropout
+    is active in training); unlike the course, padding is masked.
+    """
+
+    def __init__(
+        self,
+        *,
+        body: Bert,
+        num_classes: int = 2,
+        dropout: float = 0.0,
+        freeze_body: bool = True,
+        body_lr_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if num_classes <= 0:
+            raise ValueError(f"num_classes={num_classes} must be positive")
+        if body_lr_scale <= 0:
+            raise ValueError(f"body_lr_scale={body_lr_scale} must be positive")
+        self.body = body
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(body.d_model, num_classes)
+        self.body.requires_grad_(not freeze_body)
+        # Read by attention_lab.optim: parameter-name prefix -> factor of the task's LR.
+        self.lr_scales = {} if freeze_body else {"body": body_lr_scale}
+
+    def forward(
+        self,
+        tokens: Tensor,
+        key_padding_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """tokens: (B, T) ids, [CLS] first -> logits (B, num_classes)."""
+        hidden = self.body(tokens, key_padding_mask, token_type_ids).last_hidden_state
+        return self.head(self.dropout(torch.tanh(hidden[:, 0])))  # (B, num_classes)
