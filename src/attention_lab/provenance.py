@@ -82,12 +82,17 @@ def git_state(path: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+# Taken when the package is imported, that is when the run's code was read: files edited while
+# the run trains do not change the code it runs, and must not mark its record dirty.
+GIT_AT_START = git_state()
+
+
 def provenance() -> dict[str, Any]:
-    """Machine, versions, git state, the command line and the time (UTC) it was taken."""
+    """Machine, versions, git state (at import), the command line and the time (UTC) now."""
     return {
         "machine": machine(),
         "versions": package_versions(),
-        "git": git_state(),
+        "git": GIT_AT_START,
         "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
