@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("torch", "lightning", "torchmetrics", "hydra-core", "sacrebleu")
+PACKAGES = ("torch", "lightning", "torchmetrics", "hydra-core")
 
 
 def cpu_model() -> str | None:
@@ -33,7 +33,9 @@ def cpu_model() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model and cores (all, and those this process may use), GPU names, torch threads."""
+    """CPU model and cores (all, and those this process may use), GPU names, torch threads, and
+    the load average over the last 15 minutes: above the usable cores, the run shared the CPU
+    and its times are longer than the run alone would take."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -49,6 +51,7 @@ def machine() -> dict[str, Any]:
         "cpu_cores_usable": usable,
         "torch_threads": torch.get_num_threads(),
         "gpus": gpus,
+        "load_avg_15min": round(os.getloadavg()[2], 1) if hasattr(os, "getloadavg") else None,
     }
 
 
