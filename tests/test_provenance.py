@@ -36,6 +36,9 @@ def test_outside_a_checkout_git_state_is_unknown(tmp_path: Path) -> None:
 def test_machine_line_prefers_the_gpu() -> None:
     cpu = {"cpu": "AMD EPYC", "cpu_cores": 8, "cpu_cores_usable": 2, "gpus": []}
     assert describe_machine(cpu) == "AMD EPYC, 2 cores"
+    assert (
+        describe_machine({**cpu, "load_avg_15min": 9.5}) == "AMD EPYC, 2 cores (shared: load 9.5)"
+    )
     assert describe_machine({**cpu, "gpus": ["NVIDIA H100", "NVIDIA H100"]}) == "2× NVIDIA H100"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,19 @@ def test_keep_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "r" / "vit_mnist" / "x" / "metrics.json").is_file()
     assert report_main(["keep", str(tmp_path / "d"), "--results-dir", str(tmp_path / "r")]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_a_bleu_row_is_in_the_reported_metric_with_its_signature(tmp_path: Path) -> None:
+    run = _run(tmp_path / "d" / "t", "scratch", 0, 0.5, ["experiment=multi30k_transformer"])
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    config.experiment_name = "multi30k_transformer"
+    config.reported = {"metric": "test/bleu_lc", "value": 36.5, "source": "a tutorial"}
+    OmegaConf.save(config, run / ".hydra" / "config.yaml")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["monitor"] = "val/bleu"
+    metrics["test"] = {"test/bleu": 38.95, "test/bleu_lc": 39.19}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    keep(run, tmp_path / "results")
+    table = results_table(load_records(tmp_path / "results"))
+    signature = "nrefs:1|case:lc|eff:no|tok:13a|smooth:exp"
+    assert f"| test/bleu_lc ({signature}) | 39.19 | 1 | 36.50 |" in table

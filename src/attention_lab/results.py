@@ -14,7 +14,9 @@ The table sits in README.md between ``BEGIN`` and ``END``; ``--results --check``
 (experiment plus any override other than the attention kind, the seed and bookkeeping such as
 the logger) and attention kind: mean ± sample std of the test metric over its records, n, the
 experiment's ``reported:`` figure, epochs, fit time, machine and the command that reproduces
-it. Experiments in ``conf/experiment/`` without a record are named under the table, so a missing
+it. The test metric is the one the experiment's ``reported:`` figure is in (else the test metric
+of the checkpoint monitor); a BLEU figure carries its SacreBLEU signature. Experiments in
+``conf/experiment/`` without a record are named under the table, so a missing
 row is visible rather than silent.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from attention_lab.bleu import SIGNATURES
 from attention_lab.callbacks.history import HISTORY_FILE
 from attention_lab.errors import ConfigError
 from attention_lab.provenance import describe_machine
@@ -149,12 +152,16 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
     ]
     for (experiment, recipe, attention), members in sorted(groups.items()):
         runs = [m.run for m in members]
-        metric = runs[0].test_metric
-        mean, std = _mean_std([r.test_value for r in runs])
+        reported = runs[0].reported
+        # The metric the reported figure is in, else the test metric of the monitored one.
+        metric = (reported or {}).get("metric") or runs[0].test_metric
+        values = [r.metrics["test"].get(metric) for r in runs]
+        if None in values:
+            raise ConfigError(f"{experiment}: a record below has no {metric} in {METRICS_FILE}")
+        mean, std = _mean_std(values)
         score = (
             _fmt(mean, metric) if len(runs) == 1 else f"{_fmt(mean, metric)} ± {_fmt(std, metric)}"
         )
-        reported = runs[0].reported
         shown = _fmt(reported.get("value"), metric) if reported else "–"
         epochs = _span([str(r.metrics["epochs"]) for r in runs])
         fit = _span([_duration(r.metrics["fit_time_s"]) for r in runs])
@@ -168,8 +175,10 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
         machine = "; ".join(sorted(set(machines))) if machines else "–"
         command = _command(experiment, recipe, attention, [r.seed for r in runs])
         name = experiment if not recipe else f"{experiment} ({' '.join(recipe)})"
+        signature = SIGNATURES.get(metric.split("/", 1)[1])
+        shown_metric = f"{metric} ({signature})" if signature else metric
         lines.append(
-            f"| {name} | {attention} | {metric} | {score} | {len(runs)} | {shown} | {epochs} "
+            f"| {name} | {attention} | {shown_metric} | {score} | {len(runs)} | {shown} | {epochs} "
             f"| {fit} | {machine} | `{command}` |"
         )
     if not groups:
