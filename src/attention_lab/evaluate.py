@@ -7,8 +7,8 @@ Builds the model, task, data and trainer from the run's own config (``.hydra/con
 the run directory that holds ``checkpoints/``, or ``config=FILE``), with any ``key=value``
 overrides of it, and runs ``Trainer.test`` on the checkpoint: the test a run does at its end,
 so the figures are the ones that run wrote. Prints and writes ``metrics.json`` (the test
-metrics, the checkpoint and the provenance) into ``out=DIR``, by default
-``<run dir>/evaluate-<checkpoint name>/``.
+metrics, the checkpoint, the provenance, and for BLEU the SacreBLEU signatures) into
+``out=DIR``, by default ``<run dir>/evaluate-<checkpoint name>/``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from attention_lab.bleu import SIGNATURES
 from attention_lab.checkpoints import check_fits, load_trained
 from attention_lab.config import validate
 from attention_lab.errors import AttentionLabError, ConfigError
@@ -89,6 +90,8 @@ def evaluate(
         "test": {k: float(v) for k, v in (results[0] if results else {}).items()},
         "provenance": provenance(),
     }
+    if any(key.endswith(("/bleu", "/bleu_lc")) for key in metrics["test"]):
+        metrics["bleu_signatures"] = SIGNATURES
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

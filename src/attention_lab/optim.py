@@ -1,4 +1,9 @@
-"""Optimiser helpers: weight-decay parameter groups and a warm-up + cosine schedule."""
+"""Optimiser helpers: weight-decay parameter groups and a warm-up + cosine schedule.
+
+torch's ``SequentialLR(LinearLR, CosineAnnealingLR)`` draws the same curve from two schedulers
+and a hand-split step count; one ``LambdaLR`` factor, sized from the trainer's total steps when
+fitting starts, is shorter to read and resumes from a checkpoint as one state.
+"""
 
 from __future__ import annotations
 
