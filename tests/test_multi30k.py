@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import attention_lab.data.multi30k as multi30k
-from attention_lab.bleu import CorpusBLEU, bleu_tokenize
+from attention_lab.bleu import SIGNATURES, CorpusBLEU
 from attention_lab.data.multi30k import BucketBatchSampler, Multi30kDataModule
 from attention_lab.data.tokenizer import (
     BOS_ID,
@@ -196,7 +196,15 @@ def test_empty_or_mismatched_files_are_clear_errors(
 
 
 def test_bleu_variants() -> None:
-    assert bleu_tokenize("A man's T-shirt, 1,000 times.") == "a man 's t-shirt , 1,000 times ."
+    # SacreBLEU's 13a splits punctuation off words but keeps apostrophes and hyphens inside
+    # them (not a hyphen after a digit) and number separators; -lc lowercases.
+    spaced = CorpusBLEU(lowercase_tokenized=True)
+    spaced.update(
+        ["A man's T-shirt, 1,000 times a 3-year-old."],
+        ["a man's t-shirt , 1,000 times a 3 - year-old ."],
+    )
+    assert float(spaced.compute()) == pytest.approx(1.0)
+    assert spaced.signature == SIGNATURES["bleu_lc"] == "nrefs:1|case:lc|eff:no|tok:13a|smooth:exp"
     references = ["A man in a red shirt is riding a bike on the street."]
     lowercase = ["a man in a red shirt is riding a bike on the street ."]
     cased, lowercased = CorpusBLEU(), CorpusBLEU(lowercase_tokenized=True)

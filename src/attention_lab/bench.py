@@ -42,6 +42,7 @@ from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
+from torch.utils import benchmark
 
 from attention_lab.models import Bert, BertSentimentClassifier, VisionTransformer
 from attention_lab.nn.attention import (
@@ -61,18 +62,14 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _median_time(step: Callable[[], None], device: torch.device, min_time_s: float) -> float:
-    """Median seconds per call over calls filling about ``min_time_s`` (after one warm-up)."""
-    step()
-    times = []
-    started = time.perf_counter()
-    while time.perf_counter() - started < min_time_s or len(times) < 3:
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _median_time(step: Callable[[], None], min_time_s: float) -> float:
+    """Median seconds per call, by ``torch.utils.benchmark.Timer`` over about ``min_time_s``:
+    it warms up, synchronises a GPU around each block of calls, and times blocks of calls
+    rather than single ones. On this process's threads (the Timer's own default is one)."""
+    timer = benchmark.Timer(
+        stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads()
+    )
+    return timer.blocked_autorange(min_run_time=min_time_s).median
 
 
 def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
@@ -150,7 +147,7 @@ def _time_and_memory(
 ) -> tuple[float, int]:
     """Median seconds of forward + backward, and its memory (GPU peak; CPU: saved tensors)."""
     step = partial(_attention_step, forward)
-    seconds = _median_time(step, device, min_time)
+    seconds = _median_time(step, min_time)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         step()
@@ -404,7 +401,7 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                 variants[kind, compiled] = (step, samples, tokens, memory)
         for repeat in range(args.repeats):
             for (kind, compiled), (step, samples, tokens, memory) in variants.items():
-                seconds = _median_time(step, device, args.min_time)
+                seconds = _median_time(step, args.min_time)
                 rows.append(
                     {
                         "experiment": experiment,

@@ -1,4 +1,5 @@
-"""Checkpoints to resume from: name them (``ckpt_path=last``), read them safely, check the fit.
+"""Checkpoints to resume from: name them (``ckpt_path=last``), read them safely, check the fit;
+and checkpoints to use (``load_trained``: the one loader of ``translate`` and ``evaluate``).
 
 Every checkpoint is unpickled with ``weights_only=True``: tensors and plain values only, so a
 file from elsewhere cannot run code. The task keeps its hyper-parameters plain for that reason.
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from attention_lab.errors import ConfigError
@@ -40,29 +42,30 @@ def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> Path | N
     return path
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's contents, unpickled with ``weights_only=True`` onto the CPU."""
+def read_checkpoint(path: Path, setting: str = "ckpt_path") -> dict[str, Any]:
+    """The checkpoint's contents, unpickled with ``weights_only=True`` onto the CPU; errors name
+    ``setting``, the command's key for the file."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise ConfigError(
-                f"ckpt_path={path} holds objects other than tensors and plain values, which "
+                f"{setting}={path} holds objects other than tensors and plain values, which "
                 f"are not loaded (weights_only=True) because unpickling them could run code"
             ) from err
-        raise _unreadable(path, err) from err
+        raise _unreadable(path, err, setting) from err
     # torch reports a damaged file as RuntimeError, EOFError, zipfile or unpickling errors.
     except Exception as err:
-        raise _unreadable(path, err) from err
+        raise _unreadable(path, err, setting) from err
     if not isinstance(checkpoint, dict) or not {"state_dict", "loops"} <= checkpoint.keys():
         raise ConfigError(
-            f"ckpt_path={path} is not a Lightning training checkpoint (it has no state_dict "
+            f"{setting}={path} is not a Lightning training checkpoint (it has no state_dict "
             f"and loop state); resume from a .ckpt file in a run's checkpoints/ folder"
         )
     return checkpoint
 
 
-def _unreadable(path: Path, err: BaseException) -> ConfigError:
+def _unreadable(path: Path, err: BaseException, setting: str) -> ConfigError:
     # torch's own messages for a damaged file ("pop from empty list") explain nothing.
     if not zipfile.is_zipfile(path):
         problem = (
@@ -72,7 +75,30 @@ def _unreadable(path: Path, err: BaseException) -> ConfigError:
     else:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         problem = f"cannot be read as a checkpoint ({reason})"
-    return ConfigError(f"ckpt_path={path} {problem}. Use another checkpoint from {path.parent}")
+    return ConfigError(f"{setting}={path} {problem}. Use another checkpoint from {path.parent}")
+
+
+def run_config(ckpt: Path, config: str | Path | None = None) -> DictConfig:
+    """The Hydra config of the run that wrote ``ckpt`` (or the file ``config``): by default the
+    ``.hydra/config.yaml`` of the run directory that holds ``checkpoints/``."""
+    path = Path(config) if config else ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"config: no run config at {path}; pass config=.../.hydra/config.yaml of the run "
+            f"that wrote {ckpt}"
+        )
+    return OmegaConf.load(path)
+
+
+def load_trained(
+    ckpt: str | Path, config: str | Path | None = None
+) -> tuple[dict[str, Any], DictConfig]:
+    """A checkpoint to use (not resume), read safely, and the config of the run that wrote it:
+    what ``translate`` and ``evaluate`` start from. Errors name the commands' ``ckpt`` key."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
+    return read_checkpoint(path, setting="ckpt"), run_config(path, config)
 
 
 def check_fits(checkpoint: dict[str, Any], module: nn.Module, path: Path) -> None:

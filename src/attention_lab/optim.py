@@ -9,6 +9,10 @@ that a run of the new length follows from its first step: from the next step on 
 rate is that schedule's (for the example, back up from the floor to 75% of ``lr``), and the run
 logs a warning with both plans and the jump. Weights, optimiser moments and the step count are
 restored as they were. A resume of the same length continues the saved schedule exactly.
+
+torch's ``SequentialLR(LinearLR, CosineAnnealingLR)`` draws the same curve from two schedulers
+and a hand-split step count; one ``LambdaLR`` factor, sized from the trainer's total steps when
+fitting starts, is shorter to read and resumes from a checkpoint as one state.
 """
 
 from __future__ import annotations

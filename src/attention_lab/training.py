@@ -30,6 +30,7 @@ from attention_lab.callbacks.history import read_history
 from attention_lab.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
 from attention_lab.config import validate
 from attention_lab.errors import AttentionLabError, ConfigError
+from attention_lab.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict[s
             task, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
         )
         metrics["test"] = {k: _as_float(v) for k, v in (results[0] if results else {}).items()}
+    metrics["provenance"] = provenance()  # machine, library versions, git commit
     if trainer.is_global_zero:
         (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from attention_lab.checkpoints import load_trained
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
 from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.models.decoding import beam_search, greedy_decode
@@ -93,29 +93,14 @@ class Translator:
         return [self.tgt_tokenizer.decode(sentence) for sentence in out]
 
 
-def run_config(ckpt: Path, config: str | None) -> DictConfig:
-    """The Hydra config of the run that wrote ``ckpt`` (or the file ``config``)."""
-    path = Path(config) if config else ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"config: no run config at {path}; pass config=.../.hydra/config.yaml of the run "
-            f"that wrote {ckpt}"
-        )
-    return OmegaConf.load(path)
-
-
 def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any) -> Translator:
     """Model, weights and tokenizers from a checkpoint written by ``TranslationTask``."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint, cfg = load_trained(ckpt, config)
     if TOKENIZERS_KEY not in checkpoint:
         raise ConfigError(f"ckpt={ckpt} holds no tokenizers: not a checkpoint of a translation run")
     src_tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["src"])
     tgt_tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["tgt"])
 
-    cfg = run_config(ckpt, config)
     data_decided = SimpleNamespace(
         src_vocab_size=src_tokenizer.vocab_size,
         tgt_vocab_size=tgt_tokenizer.vocab_size,

@@ -1,4 +1,8 @@
-"""Stop a run at the first NaN or infinite loss, before it can reach the weights or a checkpoint."""
+"""Stop a run at the first NaN or infinite loss, before it can reach the weights or a checkpoint.
+
+Lightning's ``EarlyStopping(check_finite=True)`` checks only the monitored validation metric,
+after an epoch of updates from the bad loss; ``torch.autograd.detect_anomaly`` slows every step.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@
 accuracies, BLEU...), the epoch, the step, and ``train/samples_per_s``: training samples over the
 time spent in training batches alone (validation, checkpointing and start-up excluded), so two
 attention kinds can be compared on the work they differ in. The report reads it; no logger is
-needed.
+needed. (Lightning's ``ThroughputMonitor`` sends per-step throughput to a logger; this file is
+per epoch, logger-free, and what the report and the committed run records read.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Random affine augmentation of a whole batch at once, on tensors.
 
 One ``affine_grid`` + ``grid_sample`` call moves every image of the batch by its own random
-rotation, scale and shift: no per-sample Python or PIL work in the data loader.
+rotation, scale and shift: no per-sample Python or PIL work in the data loader. Why not
+torchvision's ``transforms.v2.RandomAffine``: on a batched tensor it draws one transform for the
+whole batch, so per-image draws would need a per-sample loop in the data loader again.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Both work on a batch of source sentences and return, per sentence, the generated
 without the start and end tokens. The source is encoded once; each step computes only the
 newest target position (``Seq2SeqTransformer.decode_step``, which keeps the decoder blocks'
 inputs of earlier positions). ``max_len`` counts generated tokens, the end token included, and
-is capped so that positions stay within the model's ``max_len``.
+is capped so that positions stay within the model's ``max_len``. (Hugging Face's ``generate``
+would need the model wrapped as a ``transformers`` model; these work on ``decode_step`` directly.)
 """
 
 from __future__ import annotations

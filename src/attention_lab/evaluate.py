@@ -1,0 +1,142 @@
+"""Test a checkpoint without training: ``python -m attention_lab.evaluate ckpt=PATH [key=value]``.
+
+    python -m attention_lab.evaluate ckpt=outputs/runs/DATE/TIME/checkpoints/epoch009.ckpt
+    python -m attention_lab.evaluate ckpt=PATH data.data_dir=/data trainer.accelerator=cpu
+
+Builds the model, task, data and trainer from the run's own config (``.hydra/config.yaml`` of
+the run directory that holds ``checkpoints/``, or ``config=FILE``), with any ``key=value``
+overrides of it, and runs ``Trainer.test`` on the checkpoint: the test a run does at its end,
+so the figures are the ones that run wrote. Prints and writes ``metrics.json`` (the test
+metrics, the checkpoint, the provenance, and for BLEU the SacreBLEU signatures) into
+``out=DIR``, by default ``<run dir>/evaluate-<checkpoint name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from attention_lab.bleu import SIGNATURES
+from attention_lab.checkpoints import check_fits, load_trained
+from attention_lab.config import validate
+from attention_lab.errors import AttentionLabError, ConfigError
+from attention_lab.provenance import provenance
+from attention_lab.tasks.translation import TOKENIZERS_KEY
+from attention_lab.training import (
+    METRICS_FILE,
+    build_model,
+    count_parameters,
+    fill_model_settings_from_data,
+    instantiate_setting,
+)
+
+SETTINGS = ("ckpt", "config", "out")
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``cfg`` with ``key=value`` overrides; a key the config lacks is a ``ConfigError``."""
+    OmegaConf.set_struct(cfg, True)
+    try:
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{err.full_key or overrides}: {err.msg}") from err
+    OmegaConf.set_struct(merged, False)
+    return merged
+
+
+def evaluate(
+    ckpt: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    config: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Test ``ckpt`` with its run's config; returns (and writes) the metrics."""
+    checkpoint, cfg = load_trained(ckpt, config)
+    cfg = apply_overrides(cfg, overrides or [])
+    ckpt = Path(ckpt)
+    out_dir = Path(out) if out else ckpt.resolve().parent.parent / f"evaluate-{ckpt.stem}"
+    cfg.paths.output_dir = str(out_dir)
+    cfg.ckpt_path = None  # the run's own resume setting, if any, is not ours
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate_setting(cfg.data, "data")
+    datamodule.prepare_data()
+    fill_model_settings_from_data(cfg, datamodule)
+    net = build_model(cfg)
+    task = instantiate_setting(cfg.task, "task", net=net)
+    check_fits(checkpoint, task, ckpt)
+    _check_tokenizers(checkpoint, datamodule, ckpt)
+    del checkpoint  # Lightning reads the file again
+    trainer: L.Trainer = instantiate_setting(
+        cfg.trainer, "trainer", logger=False, enable_checkpointing=False
+    )
+
+    results = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    metrics = {
+        "experiment": cfg.get("experiment_name"),
+        "model": cfg.model._target_,
+        "attention": cfg.model.get("attention"),
+        "seed": cfg.seed,
+        "params": count_parameters(net),
+        "checkpoint": str(ckpt.resolve()),
+        "test": {k: float(v) for k, v in (results[0] if results else {}).items()},
+        "provenance": provenance(),
+    }
+    if any(key.endswith(("/bleu", "/bleu_lc")) for key in metrics["test"]):
+        metrics["bleu_signatures"] = SIGNATURES
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _check_tokenizers(checkpoint: dict[str, Any], datamodule: Any, ckpt: Path) -> None:
+    """A translation checkpoint must be tested with the tokenizers it was trained with."""
+    saved = checkpoint.get(TOKENIZERS_KEY)
+    if saved is None or not hasattr(datamodule, "src_tokenizer"):
+        return
+    data = {"src": datamodule.src_tokenizer.to_str(), "tgt": datamodule.tgt_tokenizer.to_str()}
+    if data != saved:
+        raise ConfigError(
+            f"ckpt={ckpt} was trained with other tokenizers than data "
+            f"{datamodule.__class__.__name__} builds now; evaluate with the run's data settings "
+            f"(data.vocab_size, data.tokenizer and the same training files)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: ``ckpt=``, ``config=``, ``out=`` and config overrides."""
+    args = sys.argv[1:] if argv is None else argv
+    settings = {}
+    overrides = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            print(f"error: {arg!r} is not key=value", file=sys.stderr)
+            return 2
+        if key in SETTINGS:
+            settings[key] = value
+        else:
+            overrides.append(arg)
+    try:
+        if "ckpt" not in settings:
+            raise ConfigError("ckpt=PATH is required (a checkpoint in a run's checkpoints/)")
+        metrics = evaluate(
+            settings["ckpt"], overrides, config=settings.get("config"), out=settings.get("out")
+        )
+    except AttentionLabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(json.dumps(metrics["test"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Run records and the README's results table generated from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from attention_lab.errors import ConfigError
+from attention_lab.report import main as report_main
+from attention_lab.results import (
+    BEGIN,
+    END,
+    keep,
+    load_records,
+    readme_agrees,
+    results_table,
+    update_readme,
+)
+from tests.conftest import CONF_DIR, REPO_ROOT
+from tests.test_report import _fake_run
+
+
+def test_the_readme_table_is_the_one_the_records_give() -> None:
+    """Fails when README.md's results block and outputs/results/ disagree: regenerate with
+    python -m attention_lab.report --results."""
+    assert readme_agrees(REPO_ROOT / "README.md", REPO_ROOT / "outputs" / "results", CONF_DIR)
+
+
+def _run(path: Path, attention: str, seed: int, acc: float, overrides: list[str]) -> Path:
+    _fake_run(path, attention, seed, acc)
+    OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
+    return path
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    """Three vit_mnist runs kept as records: scratch seeds 0 and 1, and one 30-epoch torch run."""
+    results = tmp_path / "results"
+    base = ["experiment=vit_mnist", "logger=csv"]
+    runs = [
+        ("scratch", 0, 0.9953, [*base, "seed=0"]),
+        ("scratch", 1, 0.9948, [*base, "seed=1", "model.attention=scratch"]),
+        ("torch", 0, 0.9947, [*base, "trainer.max_epochs=30", "model.attention=torch"]),
+    ]
+    for i, (attention, seed, acc, overrides) in enumerate(runs):
+        keep(_run(tmp_path / "runs" / str(i), attention, seed, acc, overrides), results)
+    return results
+
+
+def test_keep_copies_the_record_and_nothing_else(tmp_path: Path) -> None:
+    run = _run(tmp_path / "2026-01-01" / "10-00-00", "scratch", 3, 0.99, ["seed=3"])
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    kept = keep(run, tmp_path / "results")
+    assert kept == tmp_path / "results" / "vit_mnist" / "scratch-seed3-2026-01-01-10-00-00"
+    files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    assert files == [".hydra/config.yaml", ".hydra/overrides.yaml", "history.jsonl", "metrics.json"]
+    with pytest.raises(ConfigError, match="exists already"):
+        keep(run, tmp_path / "results")
+
+
+def test_keep_refuses_an_unfinished_run(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "failed", "torch", 0, None)
+    with pytest.raises(ConfigError, match="not a finished run"):
+        keep(tmp_path / "failed", tmp_path / "results")
+
+
+def test_table_rows_per_recipe_and_kind(records: Path) -> None:
+    table = results_table(load_records(records), ["default", "vit_mnist"])
+    rows = [line for line in table.splitlines() if line.startswith("| vit_mnist")]
+    assert len(rows) == 2
+    # scratch: mean 99.505%, sample std 0.0354%; reported 99.50%; the seeds form the command.
+    assert "| vit_mnist | scratch | test/acc | 99.50% ± 0.04% | 2 | 99.50% | 2 |" in rows[0]
+    assert "`python train.py -m experiment=vit_mnist model.attention=scratch seed=0,1`" in rows[0]
+    # A recipe override makes its own row and stays in the command; logger=csv does not.
+    assert "| vit_mnist (trainer.max_epochs=30) | torch | test/acc | 99.47% | 1 |" in rows[1]
+    assert "experiment=vit_mnist trainer.max_epochs=30 model.attention=torch seed=0`" in rows[1]
+    assert "No run record yet: `default`" in table
+
+
+def test_results_rewrites_only_the_block_and_check_agrees(records: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## After\ntext\n")
+    args = ["--results", "--readme", str(readme), "--results-dir", str(records)]
+    assert report_main([*args, "--check"]) == 1  # the old table disagrees
+    assert report_main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nintro\n\n" + BEGIN)
+    assert text.endswith(END + "\n\n## After\ntext\n")
+    assert "old table" not in text and "99.50% ± 0.04%" in text
+    assert report_main([*args, "--check"]) == 0
+    assert update_readme(readme, records) is False  # a second run changes nothing
+
+
+def test_no_records_is_said_plainly(tmp_path: Path) -> None:
+    assert results_table(load_records(tmp_path / "none"), []) == "No run records yet."
+
+
+def test_keep_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = _run(tmp_path / "d" / "t", "torch", 0, 0.98, [])
+    assert report_main(["keep", str(run), "--results-dir", str(tmp_path / "r"), "--name", "x"]) == 0
+    assert (tmp_path / "r" / "vit_mnist" / "x" / "metrics.json").is_file()
+    assert report_main(["keep", str(tmp_path / "d"), "--results-dir", str(tmp_path / "r")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+
+
+def test_a_bleu_row_is_in_the_reported_metric_with_its_signature(tmp_path: Path) -> None:
+    run = _run(tmp_path / "d" / "t", "scratch", 0, 0.5, ["experiment=multi30k_transformer"])
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    config.experiment_name = "multi30k_transformer"
+    config.reported = {"metric": "test/bleu_lc", "value": 36.5, "source": "a tutorial"}
+    OmegaConf.save(config, run / ".hydra" / "config.yaml")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["monitor"] = "val/bleu"
+    metrics["test"] = {"test/bleu": 38.95, "test/bleu_lc": 39.19}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    keep(run, tmp_path / "results")
+    table = results_table(load_records(tmp_path / "results"))
+    signature = "nrefs:1|case:lc|eff:no|tok:13a|smooth:exp"
+    assert f"| test/bleu_lc ({signature}) | 39.19 | 1 | 36.50 |" in table
