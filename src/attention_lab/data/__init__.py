@@ -2,5 +2,6 @@
 
 from attention_lab.data.mnist import MNISTDataModule
 from attention_lab.data.multi30k import Multi30kDataModule
+from attention_lab.data.ud import UDDataModule
 
-__all__ = ["MNISTDataModule", "Multi30kDataModule"]
+__all__ = ["MNISTDataModule", "Multi30kDataModule", "UDDataModule"]

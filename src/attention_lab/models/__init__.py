@@ -2,6 +2,13 @@
 
 from attention_lab.models.encoder_classifier import EncoderClassifier
 from attention_lab.models.seq2seq import Seq2SeqTransformer
+from attention_lab.models.text import TransformerTagger, TransformerTextClassifier
 from attention_lab.models.vit import VisionTransformer
 
-__all__ = ["EncoderClassifier", "Seq2SeqTransformer", "VisionTransformer"]
+__all__ = [
+    "EncoderClassifier",
+    "Seq2SeqTransformer",
+    "TransformerTagger",
+    "TransformerTextClassifier",
+    "VisionTransformer",
+]
