@@ -20,14 +20,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from attention_lab.commands import parse_args, read_checkpoint_with, run_config, trained_net
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
 from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.models.seq2seq import Seq2SeqTransformer
 from attention_lab.tasks.translation import DECODINGS, TOKENIZERS_KEY
-from attention_lab.training import build_model, fill_model_settings_from_data
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +92,10 @@ class Translator:
         return [self.tgt_tokenizer.decode(sentence) for sentence in out]
 
 
-def run_config(ckpt: Path, config: str | None) -> DictConfig:
-    """The Hydra config of the run that wrote ``ckpt`` (or the file ``config``)."""
-    path = Path(config) if config else ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"config: no run config at {path}; pass config=.../.hydra/config.yaml of the run "
-            f"that wrote {ckpt}"
-        )
-    return OmegaConf.load(path)
-
-
 def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any) -> Translator:
     """Model, weights and tokenizers from a checkpoint written by ``TranslationTask``."""
     ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if TOKENIZERS_KEY not in checkpoint:
-        raise ConfigError(f"ckpt={ckpt} holds no tokenizers: not a checkpoint of a translation run")
+    checkpoint = read_checkpoint_with(ckpt, TOKENIZERS_KEY, "translation")
     src_tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["src"])
     tgt_tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["tgt"])
 
@@ -121,14 +105,7 @@ def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any
         tgt_vocab_size=tgt_tokenizer.vocab_size,
         max_len=cfg.data.max_len,
     )
-    fill_model_settings_from_data(cfg, data_decided)
-    if "compile" in cfg.model:  # decoding calls encode and decode_step, never the compiled forward
-        cfg.model.compile = False
-    model = build_model(cfg)
-    prefix = "net."
-    model.load_state_dict(
-        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    )
+    model = trained_net(checkpoint, cfg, data_decided)
     hparams = checkpoint.get("hyper_parameters", {})
     defaults = {
         "decoding": hparams.get("test_decoding", "beam"),
@@ -139,21 +116,9 @@ def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any
     return Translator(model, src_tokenizer, tgt_tokenizer, **{**defaults, **settings})
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Split the command line into ``key=value`` settings and sentences."""
-    settings, sentences = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in SETTINGS:
-            settings[key] = value
-        else:
-            sentences.append(arg)
-    return settings, sentences
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; prints one translation per line."""
-    settings, sentences = parse_args(sys.argv[1:] if argv is None else argv)
+    settings, sentences = parse_args(sys.argv[1:] if argv is None else argv, SETTINGS)
     try:
         if "ckpt" not in settings:
             raise ConfigError("ckpt=PATH is required (a checkpoint of a translation run)")
