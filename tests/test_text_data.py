@@ -79,9 +79,9 @@ def test_bad_conllu_is_one_error_naming_file_and_line(
 
 
 def test_unknown_tag_column_names_the_setting(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="data.tag_column='lemma'"):
+    with pytest.raises(ConfigError, match=r"data\.tag_column='lemma'"):
         read_conllu(_write(tmp_path / "two.conllu", CONLLU), "lemma")
-    with pytest.raises(ConfigError, match="data.tag_column"):
+    with pytest.raises(ConfigError, match=r"data\.tag_column"):
         UDDataModule(data_dir=str(tmp_path), tag_column="deprel")
 
 

@@ -23,20 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from attention_lab.data.multi30k import BucketBatchSampler
+from attention_lab.data.text import TextDataModule
 from attention_lab.data.tokenizer import (
     PAD_ID,
-    SubwordTokenizer,
-    check_tokenizer_settings,
-    fingerprint,
-    load_or_train,
 )
-from attention_lab.errors import ConfigError, DataFormatError, DataNotFoundError
+from attention_lab.errors import DataFormatError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +159,7 @@ def collate_texts(items: list[tuple[Tensor, Tensor, str]]) -> TextBatch:
     )
 
 
-class SST2DataModule(L.LightningDataModule):
+class SST2DataModule(TextDataModule):
     """SST-2 train / dev / test as <cls> + subword ids; see the module docstring.
 
     After ``prepare_data``: ``tokenizer`` and its size ``vocab_size`` (the setting of that name
@@ -172,6 +167,7 @@ class SST2DataModule(L.LightningDataModule):
     """
 
     label_names = LABEL_NAMES
+    collate = staticmethod(collate_texts)
 
     def __init__(
         self,
@@ -186,27 +182,18 @@ class SST2DataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
-                f"must be positive"
-            )
-        if max_len < 2:
-            raise ConfigError(f"data.max_len={max_len} must be at least 2 (<cls> and a piece)")
-        self.data_dir = data_dir
-        self.tokenizer_kind = tokenizer
-        self.max_pieces = vocab_size
-        self.tokenizer_dir = tokenizer_dir
-        self.max_len = max_len
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self._tokenizer: SubwordTokenizer | None = None
+        super().__init__(
+            data_dir=data_dir,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            tokenizer_dir=tokenizer_dir,
+            max_len=max_len,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
         self._splits: dict[str, tuple[list[str], list[int]]] = {}
-        self.datasets: dict[str, TextDataset] = {}
 
     @property
     def folder(self) -> Path:
@@ -223,31 +210,11 @@ class SST2DataModule(L.LightningDataModule):
         ensure_sst2(self.data_dir)
         for name in SPLIT_FILES:
             self.split(name)  # fail early on bad files
-        self._load_tokenizer()
+        self.tokenizer  # noqa: B018  (trained or loaded here, once)
 
-    def _load_tokenizer(self) -> SubwordTokenizer:
-        if self._tokenizer is None:
-            texts = self.split("train")[0]
-            folder = Path(self.tokenizer_dir) if self.tokenizer_dir else self.folder
-            name = f"tokenizer-{self.tokenizer_kind}{self.max_pieces}-cls-{fingerprint(texts)}.json"
-            self._tokenizer = load_or_train(
-                texts,
-                kind=self.tokenizer_kind,
-                vocab_size=self.max_pieces,
-                cache_file=folder / name,
-                cls_token=True,
-            )
-        return self._tokenizer
-
-    @property
-    def tokenizer(self) -> SubwordTokenizer:
-        """The subword tokenizer with <cls>, trained on the training sentences."""
-        return self._load_tokenizer()
-
-    @property
-    def vocab_size(self) -> int:
-        """The tokenizer's number of ids, special tokens included."""
-        return self.tokenizer.vocab_size
+    def training_texts(self) -> list[str]:
+        """The training phrases."""
+        return self.split("train")[0]
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """<cls> + pieces (at most ``max_len`` in all) per text, and how many were truncated."""
@@ -267,23 +234,3 @@ class SST2DataModule(L.LightningDataModule):
                     "SST-2 %s: truncated %d sentences to %d tokens", name, cut, self.max_len
                 )
             self.datasets[name] = TextDataset(ids, labels, texts)
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        sampler = BucketBatchSampler(dataset.lengths, batch_size=self.batch_size, seed=self.seed)
-        return self._loader(dataset, batch_sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], batch_size=self.eval_batch_size)
-
-    def _loader(self, dataset: Dataset, **batching) -> DataLoader:
-        return DataLoader(
-            dataset,
-            collate_fn=collate_texts,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            **batching,
-        )

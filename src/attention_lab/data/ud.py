@@ -25,18 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from attention_lab.data.multi30k import BucketBatchSampler, download
+from attention_lab.data.multi30k import download
+from attention_lab.data.text import TextDataModule
 from attention_lab.data.tokenizer import (
     PAD_ID,
     SubwordTokenizer,
-    check_tokenizer_settings,
-    fingerprint,
-    load_or_train,
 )
 from attention_lab.errors import ConfigError, DataFormatError, DataNotFoundError
 
@@ -190,7 +187,7 @@ def treebank_folder(data_dir: str | Path, treebank: str) -> Path:
     return Path(data_dir) / treebank.lower().replace("-", "_")
 
 
-class UDDataModule(L.LightningDataModule):
+class UDDataModule(TextDataModule):
     """A UD treebank's train / dev / test sentences for tagging; see the module docstring.
 
     After ``prepare_data``: ``tokenizer`` and its size ``vocab_size`` (the setting of that name
@@ -215,36 +212,29 @@ class UDDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
+        super().__init__(
+            data_dir=data_dir,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            tokenizer_dir=tokenizer_dir,
+            max_len=max_len,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
         if tag_column not in TAG_COLUMNS:
             raise ConfigError(
                 f"data.tag_column={tag_column!r} is not a tag column; choose one of "
                 f"{', '.join(TAG_COLUMNS)}"
             )
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
-                f"must be positive"
-            )
-        if max_len < 2:
-            raise ConfigError(f"data.max_len={max_len} must be at least 2 (<cls> and a piece)")
-        self.data_dir = data_dir
         self.treebank = treebank
         self.file_prefix = file_prefix
         self.tag_column = tag_column
-        self.tokenizer_kind = tokenizer
-        self.max_pieces = vocab_size
-        self.tokenizer_dir = tokenizer_dir
-        self.max_len = max_len
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self._tokenizer: SubwordTokenizer | None = None
         self._sentences: dict[str, list[TaggedSentence]] = {}
         self._tag_names: list[str] | None = None
-        self.datasets: dict[str, TaggingDataset] = {}
+
+    collate = staticmethod(collate_tagged)
 
     @property
     def folder(self) -> Path:
@@ -275,8 +265,7 @@ class UDDataModule(L.LightningDataModule):
                     f"data.data_dir=... (or the DATA_DIR environment variable) at a folder "
                     f"that has {self.folder.name}/."
                 ) from err
-        self.sentences("train")
-        self._load_tokenizer()
+        self.tokenizer  # noqa: B018  (trained or loaded here, once)
         for split in SPLITS:
             self.sentences(split)  # fail early on bad files
         self.tag_names  # noqa: B018  (unknown tags fail here)
@@ -314,29 +303,9 @@ class UDDataModule(L.LightningDataModule):
         """Size of the tag set."""
         return len(self.tag_names)
 
-    def _load_tokenizer(self) -> SubwordTokenizer:
-        if self._tokenizer is None:
-            texts = [" ".join(s.words) for s in self.sentences("train")]
-            folder = Path(self.tokenizer_dir) if self.tokenizer_dir else self.folder
-            name = f"tokenizer-{self.tokenizer_kind}{self.max_pieces}-cls-{fingerprint(texts)}.json"
-            self._tokenizer = load_or_train(
-                texts,
-                kind=self.tokenizer_kind,
-                vocab_size=self.max_pieces,
-                cache_file=folder / name,
-                cls_token=True,
-            )
-        return self._tokenizer
-
-    @property
-    def tokenizer(self) -> SubwordTokenizer:
-        """The subword tokenizer, trained on the training words (or loaded from the cache)."""
-        return self._load_tokenizer()
-
-    @property
-    def vocab_size(self) -> int:
-        """The tokenizer's number of ids, special tokens included."""
-        return self.tokenizer.vocab_size
+    def training_texts(self) -> list[str]:
+        """The training sentences, words joined by spaces."""
+        return [" ".join(s.words) for s in self.sentences("train")]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -355,23 +324,3 @@ class UDDataModule(L.LightningDataModule):
             tags = [[index[t] for t in s.tags] for s in sentences]
             words = [s.words for s in sentences]
             self.datasets[split] = TaggingDataset(ids, word_ids, tags, words)
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        sampler = BucketBatchSampler(dataset.lengths, batch_size=self.batch_size, seed=self.seed)
-        return self._loader(dataset, batch_sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], batch_size=self.eval_batch_size)
-
-    def _loader(self, dataset: Dataset, **batching) -> DataLoader:
-        return DataLoader(
-            dataset,
-            collate_fn=collate_tagged,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            **batching,
-        )

@@ -11,6 +11,7 @@ piece (as BERT does); ``"mean"`` off the mean of all its pieces, which sees a su
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,16 +31,16 @@ class TextEncoder(nn.Module):
         *,
         vocab_size: int,
         max_len: int,
-        d_model: int,
-        n_heads: int,
-        n_layers: int,
-        d_ff: int,
-        dropout: float,
-        activation: str,
-        norm_first: bool,
-        positional: str,
-        attention: str,
-        pad_id: int,
+        d_model: int = 128,
+        n_heads: int = 4,
+        n_layers: int = 4,
+        d_ff: int = 512,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        norm_first: bool = True,
+        positional: str = "sinusoidal",
+        attention: str = "scratch",
+        pad_id: int = 0,
     ) -> None:
         super().__init__()
         for name, value in {
@@ -51,6 +52,7 @@ class TextEncoder(nn.Module):
                 raise ValueError(f"{name}={value} must be positive")
         self.pad_id = pad_id
         self.max_len = max_len
+        self.d_model = d_model
         # With N(0, 1/d_model) weights, scaling by sqrt(d_model) makes embeddings unit-scale,
         # like the positions they are added to (as in Seq2SeqTransformer).
         self.embed_scale = math.sqrt(d_model)
@@ -96,46 +98,19 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class TransformerTagger(nn.Module):
-    """Pieces -> ``TextEncoder`` -> pieces pooled into words -> a tag's logits per word."""
+    """Pieces -> ``TextEncoder`` -> pieces pooled into words -> a tag's logits per word.
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        num_tags: int,
-        max_len: int,
-        d_model: int = 128,
-        n_heads: int = 4,
-        n_layers: int = 4,
-        d_ff: int = 512,
-        dropout: float = 0.1,
-        activation: str = "gelu",
-        norm_first: bool = True,
-        positional: str = "sinusoidal",
-        word_pooling: str = "first",
-        attention: str = "scratch",
-        pad_id: int = 0,
-    ) -> None:
+    ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
+    """
+
+    def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings: Any) -> None:
         super().__init__()
         _check_choice("word_pooling", word_pooling, WORD_POOLINGS)
         if num_tags is None or num_tags <= 0:
             raise ValueError(f"num_tags={num_tags} must be positive")
         self.word_pooling = word_pooling
-        self.text_encoder = TextEncoder(
-            vocab_size=vocab_size,
-            max_len=max_len,
-            d_model=d_model,
-            n_heads=n_heads,
-            n_layers=n_layers,
-            d_ff=d_ff,
-            dropout=dropout,
-            activation=activation,
-            norm_first=norm_first,
-            positional=positional,
-            attention=attention,
-            pad_id=pad_id,
-        )
-        self.head = nn.Linear(d_model, num_tags)
+        self.text_encoder = TextEncoder(**settings)
+        self.head = nn.Linear(self.text_encoder.d_model, num_tags)
 
     def forward(self, ids: Tensor, word_ids: Tensor, n_words: int | None = None) -> Tensor:
         """ids, word_ids: (B, T) -> logits (B, W, num_tags), W = ``n_words`` or the most words."""
@@ -147,46 +122,19 @@ class TransformerTagger(nn.Module):
 
 
 class TransformerTextClassifier(nn.Module):
-    """Pieces -> ``TextEncoder`` -> <cls> state or mean over non-padding -> class logits."""
+    """Pieces -> ``TextEncoder`` -> <cls> state or mean over non-padding -> class logits.
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        num_classes: int = 2,
-        max_len: int,
-        d_model: int = 128,
-        n_heads: int = 4,
-        n_layers: int = 4,
-        d_ff: int = 512,
-        dropout: float = 0.1,
-        activation: str = "gelu",
-        norm_first: bool = True,
-        positional: str = "sinusoidal",
-        pooling: str = "cls",
-        attention: str = "scratch",
-        pad_id: int = 0,
-    ) -> None:
+    ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
+    """
+
+    def __init__(self, *, num_classes: int = 2, pooling: str = "cls", **settings: Any) -> None:
         super().__init__()
         _check_choice("pooling", pooling, SENTENCE_POOLINGS)
         if num_classes <= 1:
             raise ValueError(f"num_classes={num_classes} must be at least 2")
         self.pooling = pooling
-        self.text_encoder = TextEncoder(
-            vocab_size=vocab_size,
-            max_len=max_len,
-            d_model=d_model,
-            n_heads=n_heads,
-            n_layers=n_layers,
-            d_ff=d_ff,
-            dropout=dropout,
-            activation=activation,
-            norm_first=norm_first,
-            positional=positional,
-            attention=attention,
-            pad_id=pad_id,
-        )
-        self.head = nn.Linear(d_model, num_classes)
+        self.text_encoder = TextEncoder(**settings)
+        self.head = nn.Linear(self.text_encoder.d_model, num_classes)
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, T), <cls> first -> logits (B, num_classes)."""

@@ -84,6 +84,19 @@ class _TextTask(L.LightningModule):
         )
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
 
+    def _step(self, batch: Sequence, split: str) -> Tensor:
+        """Loss of ``batch``, with the split's metrics updated and logged."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Sequence, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Sequence, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Sequence, batch_idx: int) -> None:
+        self._step(batch, "test")
+
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # its batches must not count towards the best
             return
@@ -155,15 +168,6 @@ class TokenClassificationTask(_TextTask):
             self.test_confusion(logits, targets)
         return loss
 
-    def training_step(self, batch: Sequence, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Sequence, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Sequence, batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute().cpu()  # (K, K), rows gold, columns predicted
         self.test_confusion.reset()
@@ -233,15 +237,6 @@ class SequenceClassificationTask(_TextTask):
         loss = self._loss(logits, labels)
         self._log_split(split, loss, logits, labels, n=ids.size(0))
         return loss
-
-    def training_step(self, batch: Sequence, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Sequence, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Sequence, batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def attention_maps(self, batch: Sequence) -> AttentionSnapshot:
         """Every layer's per-head attention over the tokens (<cls> and pieces) of ``batch``."""
