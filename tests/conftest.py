@@ -191,3 +191,89 @@ def run_train_py(
         text=True,
         timeout=timeout,
     )
+
+
+# A toy language for tagging: the tag of most words is fixed, "run" and "watch" are a NOUN after
+# a determiner and a VERB after a noun, so a tagger needs the context as well as the word.
+TOY_LEXICON = {
+    "DET": ["the", "a", "every", "this"],
+    "ADJ": ["old", "green", "tiny", "happy", "loud"],
+    "NOUN": ["man", "boat", "dog", "city", "garden", "teacher"],
+    "VERB": ["sees", "likes", "paints", "follows"],
+    "PUNCT": [".", "!"],
+}
+AMBIGUOUS = ["run", "watch"]
+
+
+def toy_tagged_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """``n`` sentences DET [ADJ] NOUN|run VERB|run DET NOUN PUNCT of (word, UPOS) pairs."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        words = [(rng.choice(TOY_LEXICON["DET"]), "DET")]
+        if rng.random() < 0.5:
+            words.append((rng.choice(TOY_LEXICON["ADJ"]), "ADJ"))
+        subject = rng.choice(AMBIGUOUS) if rng.random() < 0.3 else rng.choice(TOY_LEXICON["NOUN"])
+        words.append((subject, "NOUN"))
+        verb = rng.choice(AMBIGUOUS) if rng.random() < 0.3 else rng.choice(TOY_LEXICON["VERB"])
+        words.append((verb, "VERB"))
+        words += [
+            (rng.choice(TOY_LEXICON["DET"]), "DET"),
+            (rng.choice(TOY_LEXICON["NOUN"]), "NOUN"),
+        ]
+        words.append((rng.choice(TOY_LEXICON["PUNCT"]), "PUNCT"))
+        sentences.append(words)
+    return sentences
+
+
+def write_conllu(path: Path, sentences: list[list[tuple[str, str]]]) -> None:
+    """Gzip CoNLL-U with comments; XPOS is the UPOS in lower case. Every third sentence gets a
+    multiword token line and an empty node, which a reader must skip."""
+    lines = []
+    for number, words in enumerate(sentences):
+        lines += [f"# sent_id = toy-{number}", "# text = " + " ".join(w for w, _ in words)]
+        for i, (word, tag) in enumerate(words, start=1):
+            if number % 3 == 0 and i == 1:
+                lines.append(f"1-2\t{word}{words[1][0]}\t_\t_\t_\t_\t_\t_\t_\t_")
+            lines.append(f"{i}\t{word}\t{word}\t{tag}\t{tag.lower()}\t_\t0\tdep\t_\t_")
+            if number % 3 == 0 and i == 2:
+                lines.append("2.1\tghost\tghost\tVERB\tverb\t_\t_\t_\t0:dep\t_")
+        lines.append("")
+    write_gzip_lines(path, lines)
+
+
+def make_tiny_ud(root: Path, sizes: tuple[int, int, int] = (240, 40, 40)) -> Path:
+    """Write en_ewt-ud-{train,dev,test}.conllu.gz of the toy language under
+    ``root/ud_english_ewt``; returns ``root``."""
+    for split, size, seed in zip(("train", "dev", "test"), sizes, (0, 1, 2), strict=True):
+        path = root / "ud_english_ewt" / f"en_ewt-ud-{split}.conllu.gz"
+        write_conllu(path, toy_tagged_sentences(size, seed))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_ud(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir whose ud_english_ewt/ holds 240 / 40 / 40 toy sentences."""
+    return make_tiny_ud(tmp_path_factory.mktemp("data_ud"))
+
+
+POSITIVE = ["a gorgeous , witty film", "warm and funny", "a moving , beautiful story", "brilliant"]
+NEGATIVE = ["a dull , tedious mess", "boring and flat", "an ugly , stupid film", "awful"]
+
+
+def make_tiny_sst2(root: Path, sizes: tuple[int, int, int] = (160, 32, 32)) -> Path:
+    """Write sst2/{train,dev,test}.tsv.gz of short phrases; returns ``root``."""
+    rng = random.Random(0)
+    for name, size in zip(("train", "dev", "test"), sizes, strict=True):
+        rows = []
+        for _ in range(size):
+            label = rng.randrange(2)
+            rows.append(f"{rng.choice(POSITIVE if label else NEGATIVE)}\t{label}")
+        write_gzip_lines(root / "sst2" / f"{name}.tsv.gz", ["sentence\tlabel", *rows])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sst2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir whose sst2/ holds 160 / 32 / 32 labelled phrases."""
+    return make_tiny_sst2(tmp_path_factory.mktemp("data_sst2"))

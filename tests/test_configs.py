@@ -16,7 +16,11 @@ from tests.conftest import CONF_DIR, ComposeFn, run_train_py
 GROUPS = ["data", "model", "task", "trainer", "logger", "callbacks", "paths"]
 
 # Options that only make sense together: composing one of them composes the whole family.
-FAMILIES = [{"data": "multi30k", "model": "seq2seq", "task": "translation"}]
+FAMILIES = [
+    {"data": "multi30k", "model": "seq2seq", "task": "translation"},
+    {"data": "ud_ewt", "model": "tagger", "task": "tagging"},
+    {"data": "sst2", "model": "text_classifier", "task": "text_classification"},
+]
 
 
 def _with_family(group: str, option: str) -> list[str]:
@@ -49,7 +53,12 @@ def test_every_debug_config_composes(compose_config: ComposeFn, debug: str) -> N
 
 
 def test_there_are_experiments() -> None:
-    assert {"mnist_encoder", "multi30k_transformer"} <= set(_experiments())
+    assert {
+        "mnist_encoder",
+        "multi30k_transformer",
+        "ud_pos_transformer",
+        "sst2_transformer",
+    } <= set(_experiments())
 
 
 @pytest.mark.parametrize("experiment", _experiments())
@@ -58,6 +67,8 @@ def test_every_experiment_runs_a_step(
     compose_config: ComposeFn,
     tiny_mnist: Path,
     tiny_multi30k: Path,
+    tiny_ud: Path,
+    tiny_sst2: Path,
     experiment: str,
     attention: str,
 ) -> None:
@@ -65,6 +76,10 @@ def test_every_experiment_runs_a_step(
     target = compose_config(f"experiment={experiment}").data._target_
     if target.endswith("Multi30kDataModule"):
         data_dir, data_setting, metric, top = tiny_multi30k, "data.vocab_size=200", "test/bleu", 100
+    elif target.endswith("UDDataModule"):
+        data_dir, data_setting, metric, top = tiny_ud, "data.vocab_size=100", "test/acc", 1
+    elif target.endswith("SST2DataModule"):
+        data_dir, data_setting, metric, top = tiny_sst2, "data.vocab_size=100", "test/acc", 1
     else:
         data_dir, data_setting, metric, top = tiny_mnist, "data.val_size=56", "test/acc", 1
     cfg = compose_config(

@@ -1,5 +1,6 @@
 """Checkpoints to resume from: name them (``ckpt_path=last``), read them safely, check the fit;
-and checkpoints to use (``load_trained``: the one loader of ``translate`` and ``evaluate``).
+and checkpoints to use (``load_trained``: the one loader of ``evaluate`` and, through
+``commands.load_trained_run``, of ``translate``, ``tag`` and ``classify``).
 
 Every checkpoint is unpickled with ``weights_only=True``: tensors and plain values only, so a
 file from elsewhere cannot run code. The task keeps its hyper-parameters plain for that reason.

@@ -74,7 +74,7 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
 
 # Model settings that only the data can know (the tokenizer decides the vocabulary sizes). A model
 # config leaves them null and ``fill_model_settings_from_data`` fills them in.
-DATA_DECIDED_MODEL_KEYS = ("src_vocab_size", "tgt_vocab_size", "max_len")
+DATA_DECIDED_MODEL_KEYS = ("src_vocab_size", "tgt_vocab_size", "vocab_size", "num_tags", "max_len")
 
 
 def fill_model_settings_from_data(cfg: DictConfig, datamodule: Any) -> None:

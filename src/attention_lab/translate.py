@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 
-from attention_lab.checkpoints import load_trained
+from attention_lab.commands import load_trained_run, parse_args, trained_net
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
 from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.models.seq2seq import Seq2SeqTransformer
 from attention_lab.tasks.translation import DECODINGS, TOKENIZERS_KEY
-from attention_lab.training import build_model, fill_model_settings_from_data
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +94,7 @@ class Translator:
 
 def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any) -> Translator:
     """Model, weights and tokenizers from a checkpoint written by ``TranslationTask``."""
-    checkpoint, cfg = load_trained(ckpt, config)
-    if TOKENIZERS_KEY not in checkpoint:
-        raise ConfigError(f"ckpt={ckpt} holds no tokenizers: not a checkpoint of a translation run")
+    checkpoint, cfg = load_trained_run(ckpt, config, TOKENIZERS_KEY, "translation")
     src_tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["src"])
     tgt_tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["tgt"])
 
@@ -106,14 +103,7 @@ def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any
         tgt_vocab_size=tgt_tokenizer.vocab_size,
         max_len=cfg.data.max_len,
     )
-    fill_model_settings_from_data(cfg, data_decided)
-    if "compile" in cfg.model:  # decoding calls encode and decode_step, never the compiled forward
-        cfg.model.compile = False
-    model = build_model(cfg)
-    prefix = "net."
-    model.load_state_dict(
-        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    )
+    model = trained_net(checkpoint, cfg, data_decided)
     hparams = checkpoint.get("hyper_parameters", {})
     defaults = {
         "decoding": hparams.get("test_decoding", "beam"),
@@ -124,21 +114,9 @@ def load_translator(ckpt: str | Path, config: str | None = None, **settings: Any
     return Translator(model, src_tokenizer, tgt_tokenizer, **{**defaults, **settings})
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Split the command line into ``key=value`` settings and sentences."""
-    settings, sentences = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in SETTINGS:
-            settings[key] = value
-        else:
-            sentences.append(arg)
-    return settings, sentences
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; prints one translation per line."""
-    settings, sentences = parse_args(sys.argv[1:] if argv is None else argv)
+    settings, sentences = parse_args(sys.argv[1:] if argv is None else argv, SETTINGS)
     try:
         if "ckpt" not in settings:
             raise ConfigError("ckpt=PATH is required (a checkpoint of a translation run)")

@@ -5,15 +5,24 @@ Text is split at whitespace the SentencePiece way (``Metaspace``: a word's first
 punctuation mark. Decoding glues the pieces together and turns "▁" back into spaces, so
 ``decode(encode(text)) == text`` for text with single spaces and characters seen in training.
 
-Special tokens have fixed ids in every vocabulary: <pad> = 0, <bos> = 1, <eos> = 2, <unk> = 3.
+Special tokens have fixed ids in every vocabulary: <pad> = 0, <bos> = 1, <eos> = 2, <unk> = 3;
+a tokenizer trained with ``cls_token=True`` (for classification) also has <cls> = 4.
+
+Words already split (CoNLL-U, tagging) go through ``encode_words``: every piece comes with the
+index of the word it belongs to, as Hugging Face's ``word_ids``. A word whose pre-tokenisation
+splits off punctuation ("." becomes "▁" and ".") loses the bare "▁" piece: it only says that a
+word starts, which the word index already says, and it would be the first piece of every
+punctuation word.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -23,7 +32,17 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
+CLS_TOKEN = "<cls>"
+CLS_ID = len(SPECIAL_TOKENS)  # 4, in the tokenizers trained with ``cls_token=True``
 TOKENIZER_KINDS = ("bpe", "unigram")
+WORD_START = "▁"  # Metaspace's marker of a word's start
+
+
+class WordPieces(NamedTuple):
+    """The pieces of a sentence of given words: ``word_ids[i]`` is the word of ``ids[i]``."""
+
+    ids: list[int]
+    word_ids: list[int]
 
 
 class SubwordTokenizer:
@@ -41,22 +60,26 @@ class SubwordTokenizer:
         self.tokenizer = tokenizer
 
     @classmethod
-    def train(cls, texts: Sequence[str], *, kind: str, vocab_size: int) -> SubwordTokenizer:
-        """Learn a ``kind`` ("bpe" or "unigram") vocabulary of at most ``vocab_size`` pieces.
+    def train(
+        cls, texts: Sequence[str], *, kind: str, vocab_size: int, cls_token: bool = False
+    ) -> SubwordTokenizer:
+        """Learn a ``kind`` ("bpe" or "unigram") vocabulary of at most ``vocab_size`` pieces;
+        ``cls_token`` adds <cls> (id ``CLS_ID``) to the special tokens.
 
         A small corpus can give fewer pieces than asked for; ``vocab_size`` tells how many.
         """
         check_tokenizer_settings(kind=kind, vocab_size=vocab_size)
+        specials = [*SPECIAL_TOKENS, CLS_TOKEN] if cls_token else list(SPECIAL_TOKENS)
         if kind == "bpe":
             tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
             trainer = trainers.BpeTrainer(
-                vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+                vocab_size=vocab_size, special_tokens=specials, show_progress=False
             )
         else:
             tokenizer = Tokenizer(models.Unigram())
             trainer = trainers.UnigramTrainer(
                 vocab_size=vocab_size,
-                special_tokens=list(SPECIAL_TOKENS),
+                special_tokens=specials,
                 unk_token="<unk>",
                 show_progress=False,
             )
@@ -94,6 +117,32 @@ class SubwordTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """``encode`` for many texts at once (in parallel)."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    @property
+    def cls_id(self) -> int:
+        """The id of <cls>; a ``ValueError`` for a tokenizer trained without it."""
+        if self.tokenizer.token_to_id(CLS_TOKEN) != CLS_ID:
+            raise ValueError(f"this tokenizer has no {CLS_TOKEN} token (train it with cls_token)")
+        return CLS_ID
+
+    def encode_words(self, words: Sequence[str]) -> WordPieces:
+        """Pieces of the given words (no special tokens), each with the index of its word."""
+        return self.encode_words_batch([words])[0]
+
+    def encode_words_batch(self, sentences: Sequence[Sequence[str]]) -> list[WordPieces]:
+        """``encode_words`` for many sentences at once (in parallel)."""
+        encodings = self.tokenizer.encode_batch(
+            [list(words) for words in sentences], is_pretokenized=True, add_special_tokens=False
+        )
+        marker = self.tokenizer.token_to_id(WORD_START)
+        out = []
+        for encoding in encodings:
+            pairs = list(zip(encoding.ids, encoding.word_ids, strict=True))
+            lengths = Counter(word for _, word in pairs)
+            # A bare "▁" is dropped where its word has other pieces (see the module docstring).
+            kept = [(i, w) for i, w in pairs if i != marker or lengths[w] == 1]
+            out.append(WordPieces([i for i, _ in kept], [w for _, w in kept]))
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         """Detokenised text of ``ids``; special tokens (<unk> too) are left out."""
@@ -135,18 +184,23 @@ def fingerprint(texts: Sequence[str]) -> str:
 
 
 def load_or_train(
-    texts: Sequence[str], *, kind: str, vocab_size: int, cache_file: Path | None
+    texts: Sequence[str],
+    *,
+    kind: str,
+    vocab_size: int,
+    cache_file: Path | None,
+    cls_token: bool = False,
 ) -> SubwordTokenizer:
     """The tokenizer in ``cache_file`` if it exists, else one trained on ``texts`` and saved there.
 
-    The caller puts the settings and ``fingerprint(texts)`` in the file name. A cache file that
-    cannot be written (a read-only data folder) is logged and skipped: training again takes
-    seconds and gives the same vocabulary.
+    The caller puts the settings (``cls_token`` too) and ``fingerprint(texts)`` in the file
+    name. A cache file that cannot be written (a read-only data folder) is logged and skipped:
+    training again takes seconds and gives the same vocabulary.
     """
     if cache_file is not None and cache_file.is_file():
         log.info("Tokenizer: %s", cache_file)
         return SubwordTokenizer.from_file(cache_file)
-    tokenizer = SubwordTokenizer.train(texts, kind=kind, vocab_size=vocab_size)
+    tokenizer = SubwordTokenizer.train(texts, kind=kind, vocab_size=vocab_size, cls_token=cls_token)
     if cache_file is None:
         return tokenizer
     partial = cache_file.with_name(cache_file.name + ".part")

@@ -3,6 +3,7 @@
 from attention_lab.models.bert import Bert, BertSentimentClassifier
 from attention_lab.models.encoder_classifier import EncoderClassifier
 from attention_lab.models.seq2seq import Seq2SeqTransformer
+from attention_lab.models.text import TransformerTagger, TransformerTextClassifier
 from attention_lab.models.vit import VisionTransformer
 
 __all__ = [
@@ -10,5 +11,7 @@ __all__ = [
     "BertSentimentClassifier",
     "EncoderClassifier",
     "Seq2SeqTransformer",
+    "TransformerTagger",
+    "TransformerTextClassifier",
     "VisionTransformer",
 ]

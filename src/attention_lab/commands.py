@@ -1,0 +1,80 @@
+"""What the commands on a checkpoint share (``translate``, ``tag``, ``classify``): reading the
+command line, the checkpoint and its run's config, and rebuilding the trained model."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from attention_lab.checkpoints import load_trained
+from attention_lab.errors import AttentionLabError, ConfigError
+from attention_lab.training import build_model, fill_model_settings_from_data
+
+
+def parse_args(argv: list[str], settings: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Split the command line into ``key=value`` settings (keys in ``settings``) and sentences."""
+    found, sentences = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in settings:
+            found[key] = value
+        else:
+            sentences.append(arg)
+    return found, sentences
+
+
+def load_trained_run(
+    ckpt: str | Path, config: str | None, key: str, kind: str
+) -> tuple[dict[str, Any], DictConfig]:
+    """The checkpoint (read safely by ``checkpoints.load_trained``) and its run's config; the
+    checkpoint must hold ``key``, which only a ``kind`` run writes."""
+    checkpoint, cfg = load_trained(ckpt, config)
+    if key not in checkpoint:
+        raise ConfigError(f"ckpt={ckpt} holds no {key}: not a checkpoint of a {kind} run")
+    return checkpoint, cfg
+
+
+def trained_net(checkpoint: dict[str, Any], cfg: DictConfig, data_decided: Any) -> nn.Module:
+    """The run's model, with the settings the data decided (``data_decided``'s attributes) and
+    the checkpoint's weights, in eval mode and not compiled."""
+    fill_model_settings_from_data(cfg, data_decided)
+    if "compile" in cfg.model:  # commands run a few sentences: compiling costs more than it saves
+        cfg.model.compile = False
+    model = build_model(cfg)
+    prefix = "net."
+    model.load_state_dict(
+        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    )
+    return model.eval()
+
+
+def run_command(
+    argv: list[str],
+    settings: Sequence[str],
+    load: Callable[[dict[str, str]], Callable[[list[str]], list[str]]],
+    kind: str,
+) -> int:
+    """A command's ``main``: settings and sentences (else standard input, one per line) from
+    ``argv``; ``load(settings)`` gives the function from sentences to output lines."""
+    found, sentences = parse_args(argv, settings)
+    try:
+        if "ckpt" not in found:
+            raise ConfigError(f"ckpt=PATH is required (a checkpoint of a {kind} run)")
+        predict = load(found)
+    except (AttentionLabError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not sentences:
+        sentences = [line.strip() for line in sys.stdin if line.strip()]
+    try:
+        for line in predict(sentences):
+            print(line)
+    except AttentionLabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

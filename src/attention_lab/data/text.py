@@ -1,0 +1,117 @@
+"""What the sentence data modules (``ud.py``, ``sst2.py``) share: the settings, a subword
+tokenizer with <cls> trained on the training text and cached, and the data loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from attention_lab.data.multi30k import BucketBatchSampler
+from attention_lab.data.tokenizer import (
+    SubwordTokenizer,
+    check_tokenizer_settings,
+    fingerprint,
+    load_or_train,
+)
+from attention_lab.errors import ConfigError
+
+
+class TextDataModule(L.LightningDataModule):
+    """Base of a data module whose splits are "train", "val" and "test" datasets of sentences.
+
+    A subclass sets ``collate`` and ``folder`` and gives ``training_texts``; ``setup`` fills
+    ``datasets``, each with a ``lengths`` property (training batches hold similar lengths).
+    ``vocab_size`` is the tokenizer's number of ids; the setting of that name (kept as
+    ``max_pieces``) is the most it may have.
+    """
+
+    collate: Callable[[list[Any]], Any]
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        tokenizer: str,
+        vocab_size: int,
+        tokenizer_dir: str | None,
+        max_len: int,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ConfigError(
+                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
+                f"must be positive"
+            )
+        if max_len < 2:
+            raise ConfigError(f"data.max_len={max_len} must be at least 2 (<cls> and a piece)")
+        self.data_dir = data_dir
+        self.tokenizer_kind = tokenizer
+        self.max_pieces = vocab_size
+        self.tokenizer_dir = tokenizer_dir
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._tokenizer: SubwordTokenizer | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def folder(self) -> Path:
+        """Where the data files (and, by default, the cached tokenizer) live."""
+        raise NotImplementedError
+
+    def training_texts(self) -> list[str]:
+        """The text the tokenizer learns from: the training split's, one string per sentence."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> SubwordTokenizer:
+        """The subword tokenizer with <cls>, trained on ``training_texts`` or read from the cache
+        (``tokenizer_dir``, else ``folder``)."""
+        if self._tokenizer is None:
+            texts = self.training_texts()
+            folder = Path(self.tokenizer_dir) if self.tokenizer_dir else self.folder
+            name = f"tokenizer-{self.tokenizer_kind}{self.max_pieces}-cls-{fingerprint(texts)}.json"
+            self._tokenizer = load_or_train(
+                texts,
+                kind=self.tokenizer_kind,
+                vocab_size=self.max_pieces,
+                cache_file=folder / name,
+                cls_token=True,
+            )
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's number of ids, special tokens included."""
+        return self.tokenizer.vocab_size
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        sampler = BucketBatchSampler(dataset.lengths, batch_size=self.batch_size, seed=self.seed)
+        return self._loader(dataset, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], batch_size=self.eval_batch_size)
+
+    def _loader(self, dataset: Dataset, **batching) -> DataLoader:
+        return DataLoader(
+            dataset,
+            collate_fn=type(self).collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **batching,
+        )

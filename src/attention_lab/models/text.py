@@ -1,0 +1,146 @@
+"""Encoder-only transformers over subword ids: a tagger (a tag per word) and a sentence classifier.
+
+Both put a linear head on ``TextEncoder``: embeddings scaled by sqrt(d_model) plus positions,
+then the shared ``Encoder``, with padding (``pad_id``) masked as keys. The data prepends <cls>.
+
+A tagger labels words, not pieces. ``word_pooling="first"`` reads a word's tag off its first
+piece (as BERT does); ``"mean"`` off the mean of all its pieces, which sees a suffix such as
+"-ts" in "▁cour ts" directly. Either way there is exactly one output per word.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attention_lab.nn.blocks import Encoder
+from attention_lab.nn.positional import build_positional
+
+WORD_POOLINGS = ("first", "mean")
+SENTENCE_POOLINGS = ("cls", "mean")
+
+
+class TextEncoder(nn.Module):
+    """Token ids -> embeddings + positions -> N encoder blocks -> (B, T, E)."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        max_len: int,
+        d_model: int = 128,
+        n_heads: int = 4,
+        n_layers: int = 4,
+        d_ff: int = 512,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        norm_first: bool = True,
+        positional: str = "sinusoidal",
+        attention: str = "scratch",
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in {
+            "vocab_size": vocab_size,
+            "max_len": max_len,
+            "d_model": d_model,
+        }.items():
+            if value is None or value <= 0:
+                raise ValueError(f"{name}={value} must be positive")
+        self.pad_id = pad_id
+        self.max_len = max_len
+        self.d_model = d_model
+        # With N(0, 1/d_model) weights, scaling by sqrt(d_model) makes embeddings unit-scale,
+        # like the positions they are added to (as in Seq2SeqTransformer).
+        self.embed_scale = math.sqrt(d_model)
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
+        self.positional = build_positional(positional, d_model=d_model, max_len=max_len)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = Encoder(
+            n_layers=n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            dropout=dropout,
+            activation=activation,
+            norm_first=norm_first,
+            attention=attention,
+        )
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids: (B, T) -> (B, T, E); padding positions are never attended to."""
+        padding = ids == self.pad_id  # (B, T), True = padding
+        x = self.dropout(self.positional(self.embedding(ids) * self.embed_scale))  # (B, T, E)
+        return self.encoder(x, key_padding_mask=padding)  # (B, T, E)
+
+
+def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
+    """(B, T) word index per piece (-1: none) -> (B, W, T) weights that average pieces into words.
+
+    ``pooling="first"`` keeps only each word's first piece.
+    """
+    words = torch.arange(n_words, device=word_ids.device)  # (W,)
+    member = word_ids.unsqueeze(1) == words[None, :, None]  # (B, W, T)
+    if pooling == "first":
+        # cumsum counts the pieces of the word so far: the first has count 1.
+        member = member & (member.cumsum(dim=-1) == 1)  # (B, W, T)
+    weights = member.float()
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (B, W, T)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not known; choose one of {', '.join(choices)}")
+
+
+class TransformerTagger(nn.Module):
+    """Pieces -> ``TextEncoder`` -> pieces pooled into words -> a tag's logits per word.
+
+    ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
+    """
+
+    def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings: Any) -> None:
+        super().__init__()
+        _check_choice("word_pooling", word_pooling, WORD_POOLINGS)
+        if num_tags is None or num_tags <= 0:
+            raise ValueError(f"num_tags={num_tags} must be positive")
+        self.word_pooling = word_pooling
+        self.text_encoder = TextEncoder(**settings)
+        self.head = nn.Linear(self.text_encoder.d_model, num_tags)
+
+    def forward(self, ids: Tensor, word_ids: Tensor, n_words: int | None = None) -> Tensor:
+        """ids, word_ids: (B, T) -> logits (B, W, num_tags), W = ``n_words`` or the most words."""
+        if n_words is None:
+            n_words = int(word_ids.max().item()) + 1
+        x = self.text_encoder(ids)  # (B, T, E)
+        pool = word_pooling_matrix(word_ids, n_words, self.word_pooling)  # (B, W, T)
+        return self.head(pool @ x)  # (B, W, num_tags)
+
+
+class TransformerTextClassifier(nn.Module):
+    """Pieces -> ``TextEncoder`` -> <cls> state or mean over non-padding -> class logits.
+
+    ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
+    """
+
+    def __init__(self, *, num_classes: int = 2, pooling: str = "cls", **settings: Any) -> None:
+        super().__init__()
+        _check_choice("pooling", pooling, SENTENCE_POOLINGS)
+        if num_classes <= 1:
+            raise ValueError(f"num_classes={num_classes} must be at least 2")
+        self.pooling = pooling
+        self.text_encoder = TextEncoder(**settings)
+        self.head = nn.Linear(self.text_encoder.d_model, num_classes)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids: (B, T), <cls> first -> logits (B, num_classes)."""
+        x = self.text_encoder(ids)  # (B, T, E)
+        if self.pooling == "cls":
+            return self.head(x[:, 0])  # (B, num_classes)
+        keep = (ids != self.text_encoder.pad_id).unsqueeze(-1).float()  # (B, T, 1)
+        pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)  # (B, E)
+        return self.head(pooled)  # (B, num_classes)

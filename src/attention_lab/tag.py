@@ -1,0 +1,94 @@
+"""Tag words with a checkpoint of a tagging run (``experiment=ud_pos_transformer``).
+
+    python -m attention_lab.tag ckpt=outputs/runs/DATE/TIME/checkpoints/epoch011.ckpt \\
+        "The old man the boat ."
+
+Arguments are ``key=value`` settings and sentences, whose words are separated by spaces (as in
+the treebank: "do n't", "boat ."); without sentences, one is read per line of standard input.
+Settings: ``ckpt`` (required); ``config``, the run's Hydra config (default: ``.hydra/config.yaml``
+of the run directory that holds ``checkpoints/``). Prints each sentence as word/TAG pairs. The
+tokenizer and the tag names are read from the checkpoint, so no data is needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from attention_lab.commands import load_trained_run, run_command, trained_net
+from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
+from attention_lab.data.ud import encode_sentences
+from attention_lab.errors import ConfigError
+from attention_lab.tasks.text import LABEL_NAMES_KEY
+from attention_lab.tasks.translation import TOKENIZERS_KEY
+
+SETTINGS = ("ckpt", "config")
+
+
+class Tagger:
+    """A trained tagger with its tokenizer: ``tagger([["The", "dog"]])`` -> [["DET", "NOUN"]]."""
+
+    def __init__(self, model: nn.Module, tokenizer: SubwordTokenizer, tag_names: list[str]) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tag_names = tag_names
+
+    @torch.no_grad()
+    def __call__(self, sentences: list[list[str]], batch_size: int = 64) -> list[list[str]]:
+        """A tag per word of each sentence."""
+        tags = []
+        for start in range(0, len(sentences), batch_size):
+            tags += self._tag_batch(sentences[start : start + batch_size])
+        return tags
+
+    def _tag_batch(self, sentences: list[list[str]]) -> list[list[str]]:
+        ids, word_ids = encode_sentences(self.tokenizer, sentences)
+        max_len = self.model.text_encoder.max_len
+        if too_long := [len(i) for i in ids if len(i) > max_len]:
+            raise ConfigError(
+                f"a sentence has {too_long[0]} pieces, more than the model's max_len={max_len}; "
+                f"split it into shorter sentences"
+            )
+        pad = torch.nn.utils.rnn.pad_sequence
+        ids_t = pad([torch.tensor(i) for i in ids], batch_first=True, padding_value=PAD_ID)
+        words_t = pad([torch.tensor(w) for w in word_ids], batch_first=True, padding_value=-1)
+        n_words = max(len(s) for s in sentences)
+        best = self.model(ids_t, words_t, n_words).argmax(dim=-1)  # (B, W)
+        return [
+            [self.tag_names[t] for t in row[: len(words)]]
+            for row, words in zip(best.tolist(), sentences, strict=True)
+        ]
+
+    def tag_lines(self, lines: list[str]) -> list[str]:
+        """Each line's words (split at spaces) as ``word/TAG`` pairs."""
+        sentences = [line.split() for line in lines]
+        return [
+            " ".join(f"{w}/{t}" for w, t in zip(words, tags, strict=True))
+            for words, tags in zip(sentences, self(sentences), strict=True)
+        ]
+
+
+def load_tagger(ckpt: str | Path, config: str | None = None) -> Tagger:
+    """Model, weights, tokenizer and tag names from a checkpoint of ``TokenClassificationTask``."""
+    checkpoint, cfg = load_trained_run(ckpt, config, LABEL_NAMES_KEY, "tagging")
+    tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["src"])
+    tag_names = list(checkpoint[LABEL_NAMES_KEY])
+    decided = SimpleNamespace(vocab_size=tokenizer.vocab_size, num_tags=len(tag_names))
+    return Tagger(trained_net(checkpoint, cfg, decided), tokenizer, tag_names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; prints one line of word/TAG pairs per sentence."""
+
+    def load(settings: dict[str, str]):
+        return load_tagger(settings["ckpt"], settings.get("config")).tag_lines
+
+    return run_command(sys.argv[1:] if argv is None else argv, SETTINGS, load, "tagging")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
