@@ -4,7 +4,54 @@ The constructors of models, tasks and data modules check their own arguments (at
 divisibility, positive sizes) and ``training.instantiate_setting`` names the config key in
 their messages. What is left is checked here, before any model is built or data is read:
 settings only the Trainer sees, the seed, the output directory and the checkpoint to resume.
-Every problem found is reported, one line each, naming the key to change.
+Every problem found is reported, one line each, naming the key to change, and the run exits
+with status 2 before training. What a user sees, setting by setting:
+
+    - `model.attention=flash`: model.attention='flash' is not a known attention kind; choose one
+      of scratch, scratch_fused, scratch_flash, torch
+    - `model.n_heads=3`: model.d_model=64 is not divisible by n_heads=3: each head gets d_model
+      / n_heads features
+    - `model.tokens=patches model.patch_size=5`: model.patch_size=5 does not divide
+      image_size=28; pick a patch_size that does (for 28: 2, 4, 7, 14)
+    - `model=vit model.class_token=false` (pooling stays `cls`): model.pooling='cls' needs the
+      class token, but class_token=false; set class_token=true or pooling=mean
+    - `model.d_model=0`: model.d_model=0 must be positive
+    - `data.batch_size=0`: data.batch_size=0 and data.eval_batch_size=512 must be positive
+    - `callbacks.attention_maps.num_samples=64 data.eval_batch_size=8`:
+      callbacks.attention_maps.num_samples=64 but the first evaluation batch has only 8 samples;
+      lower num_samples or raise data.eval_batch_size
+    - `trainer.precision=64-fake`: trainer.precision=64-fake is not known; choose one of
+      32-true, 16-mixed, bf16-mixed (...)
+    - `trainer.accelerator=quantum`: trainer.accelerator=quantum is not known; choose one of
+      auto, gpu, cpu, cuda, mps, tpu
+    - `trainer.accelerator=gpu` (no GPU): trainer.accelerator=gpu is not available on this
+      machine; use trainer.accelerator=cpu (or auto)
+    - `trainer.max_epochs=0`: trainer.max_epochs=0 trains nothing; give a positive number of
+      epochs
+    - `seed=-1`: seed=-1 must be an integer from 0 to 4294967295
+    - `ckpt_path=missing.ckpt`: ckpt_path=missing.ckpt does not exist; give a .ckpt file, or
+      ckpt_path=last
+    - `ckpt_path=last` (nothing saved there): ckpt_path=last: there is no
+      <run_dir>/checkpoints/last.ckpt. Name the run directory to resume in: ...
+    - unwritable output dir (`paths.output_dir=/dev/null/run`, `hydra.run.dir=/proc/x`, read-
+      only, immutable; runs and sweeps): hydra.run.dir=… is not writable (Not a directory);
+      choose another run directory with hydra.run.dir=...
+    - disk nearly full (under 200 MiB free): paths.output_dir=… is on a disk with 10 MiB free,
+      less than the 200 MiB a run needs ...
+    - data missing, no network: MNIST is not in …/MNIST/raw and could not be downloaded (…). Put
+      the four IDX files there, or point data.data_dir=... (or the DATA_DIR environment
+      variable) at a folder that has MNIST/raw.
+    - truncated or non-checkpoint `ckpt_path`: ckpt_path=… is not a whole checkpoint file:
+      torch.save writes a zip archive and this is not one ...
+    - checkpoint containing pickled objects: ckpt_path=… holds objects other than tensors and
+      plain values, which are not loaded (weights_only=True) because unpickling them could run
+      code
+    - checkpoint of another model: ckpt_path=… does not fit this model: 16 weights of another
+      shape (...). Resume with the model settings it was trained with (its run directory's
+      .hydra/config.yaml)
+    - NaN or inf loss: train/loss is nan at epoch 1 step 3: training stopped; the last good
+      checkpoint is …/checkpoints/last.ckpt. Lower task.optimizer.lr, keep
+      trainer.gradient_clip_val, or check the data
 """
 
 from __future__ import annotations
