@@ -7,12 +7,16 @@ Facts and printed values are taken from the notebooks in ../shared/course (000_*
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from attention_lab.errors import ConfigError
 from attention_lab.models.course import (
@@ -25,6 +29,8 @@ from attention_lab.models.course import (
     SelfAttention,
 )
 from attention_lab.nn.attention import ATTENTION_KINDS, scaled_dot_product_attention
+from attention_lab.training import train
+from tests.conftest import ComposeFn
 
 SMALL_ENCODER = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}
 VIT_FLAGS = (
@@ -501,3 +507,50 @@ def test_assignment_block_attends_across_its_second_axis() -> None:
     changed = src.clone()
     changed[1] = torch.randn(3, 2)  # another index of the first axis
     torch.testing.assert_close(block(changed)[0], block(src)[0], rtol=0, atol=0)
+
+
+# --- The experiments run the notebooks' training loop ----------------------------------------
+
+
+def _plain_loop_losses(data_dir: Path, experiment: str, steps: int) -> list[float]:
+    """The notebooks' loop: seed, build the model, Adam over model.parameters(), a shuffled
+    DataLoader of ToTensor images (all training images, no validation split, no normalisation),
+    written here with our faithful models."""
+    torch.manual_seed(0)
+    if experiment == "vit_mnist_course":
+        model, batch_size, lr, divide = CourseViT(), 16, 0.01, True
+    else:
+        model, batch_size, lr, divide = CourseEncoderClassifier(), 64, 1e-3, False
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    raw = torchvision.datasets.MNIST(str(data_dir), train=True, download=False)
+    images = raw.data.unsqueeze(1).float() / 255  # ToTensor
+    loader = DataLoader(TensorDataset(images, raw.targets), batch_size=batch_size, shuffle=True)
+    losses = []
+    for (x, y), _ in zip(loader, range(steps), strict=False):
+        loss = F.cross_entropy(model(x), y)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        (loss / len(x) if divide else loss).backward()
+        optimizer.step()
+    return losses
+
+
+@pytest.mark.parametrize("experiment", ["vit_mnist_course", "mnist_encoder_course"])
+def test_the_experiment_trains_step_for_step_as_the_notebooks_loop(
+    compose_config: ComposeFn, tiny_mnist: Path, experiment: str
+) -> None:
+    steps = 4
+    cfg = compose_config(
+        f"experiment={experiment}",
+        "logger=csv",
+        "trainer.max_epochs=1",
+        f"+trainer.limit_train_batches={steps}",
+        "trainer.log_every_n_steps=1",
+        "test=false",
+        data_dir=tiny_mnist,
+    )
+    train(cfg)
+    rows = csv.DictReader(next(Path(cfg.paths.output_dir).rglob("metrics.csv")).open())
+    logged = [float(row["train/loss_step"]) for row in rows if row.get("train/loss_step")]
+    expected = _plain_loop_losses(tiny_mnist, experiment, steps)
+    torch.testing.assert_close(torch.tensor(logged), torch.tensor(expected), atol=1e-5, rtol=0)
