@@ -14,8 +14,8 @@ created in the notebooks' order and draw from the random generator in that order
 same ``torch.manual_seed`` a faithful model starts from exactly the notebook's weights.
 
 The attention switch (``attention``, the config's ``model.attention``) applies to both models:
-it is passed to ``build_attention`` (which also gains ``scratch_flash``) and nothing here
-depends on the kind. The course ViT's per-head slice projections (one ``Linear(d_head,
+it is passed to ``build_attention`` (which is gaining a fourth kind, ``scratch_flash``) and
+nothing here depends on the kind. The course ViT's per-head slice projections (one ``Linear(d_head,
 d_head)`` per head, applied to that head's slice of the token) are exactly a block-diagonal
 ``in_proj_weight``, so every kind that has ``nn.MultiheadAttention``'s parameters computes them;
 a kind without that layout is refused with a ``ConfigError``.
@@ -236,8 +236,8 @@ class CourseViT(nn.Module):
     Flags (the notebook's choice by default):
 
     - ``row_strip_patches``: ``patches = images.reshape(n, self.n_patches ** 2, self.input_d)``
-      makes each "patch" 16 consecutive pixels of a row (a quarter+ of a row), not a 4x4 square.
-      False: 4x4 squares.
+      makes each "patch" 16 consecutive pixels in reading order, a strip that often runs on into
+      the next row, not a 4x4 square. False: 4x4 squares.
     - ``uniform_class_token``: ``self.class_token = nn.Parameter(torch.rand(1, self.hidden_d))``,
       uniform in [0, 1). False: ``randn * 0.02``, as our ``VisionTransformer``.
     - ``sequence_layernorm``: ``nn.LayerNorm((self.n_patches ** 2 + 1, self.hidden_d))``
