@@ -45,6 +45,24 @@ def test_batches_are_normalised_after_transfer(tiny_mnist: Path) -> None:
     assert torch.equal(same_labels, labels)
 
 
+def test_without_a_validation_split_every_training_image_is_used_in_file_order(
+    tiny_mnist: Path,
+) -> None:
+    datamodule = _setup(tiny_mnist, val_size=0)
+    raw = torchvision.datasets.MNIST(str(tiny_mnist), train=True, download=False)
+    assert datamodule.val_set is None and datamodule.val_dataloader() == []
+    assert torch.equal(datamodule.train_set.tensors[0], raw.data.unsqueeze(1))
+    assert torch.equal(datamodule.train_set.tensors[1], raw.targets)
+
+
+def test_without_normalisation_batches_are_totensor_values(tiny_mnist: Path) -> None:
+    datamodule = _setup(tiny_mnist, batch_size=16, normalize=False)
+    images, labels = next(iter(datamodule.train_dataloader()))
+    as_floats, _ = datamodule.on_after_batch_transfer((images, labels), 0)
+    torch.testing.assert_close(as_floats, images.float() / 255, rtol=0, atol=0)
+    assert as_floats.min() >= 0 and as_floats.max() <= 1
+
+
 def test_missing_data_offline_names_the_folder_and_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -73,7 +91,7 @@ def test_present_files_are_used_without_network(
     ("kwargs", "message"),
     [
         ({"val_size": 256}, "data.val_size=256 leaves no training images"),
-        ({"val_size": 0}, "data.val_size=0 must be positive"),
+        ({"val_size": -1}, "data.val_size=-1 must be 0"),
         ({"batch_size": 0}, "data.batch_size=0"),
     ],
 )

@@ -61,7 +61,7 @@ def test_attention_weights_are_kept_only_when_asked() -> None:
 
 
 def test_one_token_makes_attention_the_value_projection() -> None:
-    # Why the README warns against a single 784-pixel token: softmax over one key is 1.
+    # Why the README warns against a single whole-image token: softmax over one key is 1.
     torch.manual_seed(0)
     attention = MultiHeadAttention(8, 2, batch_first=True)
     x = torch.randn(4, 1, 8)

@@ -18,11 +18,13 @@ def _fake_run(
     seed: int,
     test_acc: float | None,
     curve: list[float] = (0.9, 0.95),
+    experiment: str = "vit_mnist",
+    validation: bool = True,
 ) -> None:
     """A run directory as training.py leaves it; ``test_acc=None`` makes a failed run."""
     (path / ".hydra").mkdir(parents=True)
     config = {
-        "experiment_name": "vit_mnist",
+        "experiment_name": experiment,
         "seed": seed,
         "model": {"attention": attention},
         "reported": {"metric": "test/acc", "value": 0.995, "source": "a paper"},
@@ -32,15 +34,16 @@ def _fake_run(
         (path / "failure.json").write_text(json.dumps({"error": "ConfigError: bad"}))
         return
     metrics = {
-        "monitor": "val/acc",
+        "monitor": "val/acc" if validation else None,
         "params": 1234,
         "epochs": len(curve),
         "fit_time_s": 10.0,
         "test": {"test/acc": test_acc, "test/loss": 0.1},
     }
     (path / "metrics.json").write_text(json.dumps(metrics))
+    metric = "val/acc" if validation else "train/loss"
     rows = [
-        {"epoch": e, "val/acc": acc, "train/samples_per_s": 100.0 + seed}
+        {"epoch": e, metric: acc, "train/samples_per_s": 100.0 + seed}
         for e, acc in enumerate(curve)
     ]
     (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -73,6 +76,22 @@ def test_report_writes_markdown_and_plots(sweep_dir: Path, tmp_path: Path) -> No
     for name in ("val_curves", "test_metric", "throughput"):
         assert (out / f"vit_mnist_{name}.png").stat().st_size > 0
         assert f"vit_mnist_{name}.png" in text
+
+
+def test_an_ablation_report_plots_every_experiment_and_train_loss_without_validation(
+    tmp_path: Path,
+) -> None:
+    sweep = tmp_path / "ablation"
+    for job, (experiment, acc) in enumerate(
+        [("course", 0.90), ("course", 0.91), ("course-flag=false", 0.95)]
+    ):
+        _fake_run(sweep / str(job), "scratch", job, acc, (2.0, 1.5), experiment, validation=False)
+    out = tmp_path / "out"
+    text = write_report([sweep], out).read_text()
+    assert "| course-flag=false | scratch | test/acc | 95.00% ± 0.00% | 1 |" in text
+    for name in ("test_metric_by_experiment", "course_train_loss", "course-flag=false_train_loss"):
+        assert (out / f"{name}.png").stat().st_size > 0 and f"{name}.png" in text
+    assert not (out / "course_val_curves.png").exists()
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny_mnist: Path) -> None:

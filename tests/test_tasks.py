@@ -16,3 +16,14 @@ def test_accuracy_is_the_fraction_of_all_samples_right() -> None:
     labels = torch.tensor([0] * 9 + [1])
     task.test_acc(logits, labels)
     assert abs(task.test_acc.compute().item() - 0.9) < 1e-6
+
+
+def test_the_loss_can_be_divided_by_the_batch_size_as_the_course_vit_notebook() -> None:
+    images, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    plain = ImageClassificationTask(nn.Identity(), optimizer=torch.optim.SGD, num_classes=3)
+    divided = ImageClassificationTask(
+        nn.Identity(), optimizer=torch.optim.SGD, num_classes=3, divide_loss_by_batch_size=True
+    )
+    expected = nn.functional.cross_entropy(images, labels)
+    torch.testing.assert_close(plain.training_step((images, labels), 0), expected)
+    torch.testing.assert_close(divided.training_step((images, labels), 0), expected / 8)

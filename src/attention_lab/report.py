@@ -11,7 +11,10 @@ are read from the config that produced its final weights, which ``metrics.json``
 last attempt's, ``.hydra/attempts/<time>/config.yaml``, when a resume changed settings), else
 from ``.hydra/config.yaml``; the report lists which.
 Writes ``report.md`` and PNG plots: validation curves per attention kind (mean and min-max band
-over seeds), the final test metric with error bars, and training throughput.
+over seeds; the training loss for runs without validation), the final test metric with error
+bars, and training throughput; with several experiments, one plot of the test metric of every
+experiment and kind (an ablation sweep, one experiment name per flipped flag, reads as accuracy
+per flag).
 """
 
 from __future__ import annotations
@@ -216,6 +219,35 @@ def plot_bars(runs: list[Run], values_of: str, ylabel: str) -> Figure:
     return fig
 
 
+def plot_by_experiment(runs: list[Run]) -> Figure:
+    """One horizontal bar per (experiment, attention kind): mean ± std of the test metric over
+    seeds, with each experiment's reported figure as a cross."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.test_value is not None:
+            groups[(run.experiment, run.attention)].append(run)
+    keys = sorted(groups)
+    fig = Figure(figsize=(7, 1.0 + 0.4 * len(keys)))
+    ax = fig.subplots()
+    stats = [_mean_std([r.test_value for r in groups[key]]) for key in keys]
+    positions = list(range(len(keys)))
+    ax.barh(positions, [m for m, _ in stats], xerr=[s for _, s in stats], capsize=4)
+    for position, key in zip(positions, keys, strict=True):
+        reported = groups[key][0].reported or {}
+        if reported.get("value") is not None:
+            ax.plot(reported["value"], position, "kx")
+    ax.set_yticks(positions, [f"{experiment} [{attention}]" for experiment, attention in keys])
+    ax.invert_yaxis()
+    metric = next(iter(groups.values()))[0].test_metric if groups else "test metric"
+    ax.set_xlabel(f"{metric}, mean ± std over seeds (x: reported)")
+    if stats:
+        low = min(m - s for m, s in stats)
+        ax.set_xlim(max(0.0, low - 0.02), None)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def write_report(roots: list[Path], out: Path) -> Path:
     """Write ``report.md`` and its PNG plots into ``out``; returns the report's path."""
     runs = find_runs(roots)
@@ -239,8 +271,14 @@ def write_report(roots: list[Path], out: Path) -> Path:
         done = [r for r in members if r.metrics is not None]
         if not done:
             continue
+        curve = done[0].monitor
+        has_validation = any(curve in row for run in done for row in run.history)
         plots = {
-            f"{experiment}_val_curves.png": plot_curves(done, done[0].monitor),
+            f"{experiment}_val_curves.png"
+            if has_validation
+            else f"{experiment}_train_loss.png": plot_curves(
+                done, curve if has_validation else "train/loss"
+            ),
             f"{experiment}_test_metric.png": plot_bars(done, "test_value", done[0].test_metric),
             f"{experiment}_throughput.png": plot_bars(done, "samples_per_s", "train samples/s"),
         }
@@ -248,6 +286,10 @@ def write_report(roots: list[Path], out: Path) -> Path:
         for name, figure in plots.items():
             figure.savefig(out / name, dpi=100)
             sections.append(f"![{name}]({name})")
+    if len({run.experiment for run in runs if run.test_value is not None}) > 1:
+        name = "test_metric_by_experiment.png"
+        plot_by_experiment(runs).savefig(out / name, dpi=100)
+        sections[6:6] = ["## Test metric of every experiment", f"![{name}]({name})"]
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report

@@ -1,7 +1,9 @@
 """MNIST as a LightningDataModule.
 
-The IDX files are decoded once into uint8 tensors; batches are converted to normalised floats
-after they reach the device, so the data loader does no per-sample image work.
+The IDX files are decoded once into uint8 tensors; batches are converted to floats in [0, 1]
+(and normalised, unless ``normalize=False``) after they reach the device, so the data loader does
+no per-sample image work. ``val_size=0`` trains on all 60,000 training images in their file order
+and has no validation split, as the course notebooks do.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def _first_line(err: BaseException) -> str:
 class MNISTDataModule(L.LightningDataModule):
     """MNIST with a seeded train/validation split (55,000/5,000 by default) and the test set.
 
+    ``val_size=0``: no validation split; the training set is all training images, in the order
+    of the file (``torchvision``'s order, which the course notebooks shuffle from).
+    ``normalize``: standardise pixels with the MNIST mean and std; False gives ``ToTensor``'s
+    [0, 1] values, as the course notebooks feed them.
     ``augment`` holds the keyword arguments of ``random_affine`` (degrees, translate, scale),
     applied to training batches only; None for none.
     """
@@ -55,6 +61,7 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         num_workers: int = 0,
         seed: int = 0,
+        normalize: bool = True,
         augment: dict | None = None,
     ) -> None:
         super().__init__()
@@ -63,14 +70,17 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
                 f"must be positive"
             )
-        if val_size <= 0:
-            raise ConfigError(f"data.val_size={val_size} must be positive")
+        if val_size < 0:
+            raise ConfigError(
+                f"data.val_size={val_size} must be 0 (no validation split) or positive"
+            )
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.num_workers = num_workers
         self.seed = seed
+        self.normalize = normalize
         self.augment = dict(augment) if augment else None
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
@@ -90,11 +100,14 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.val_size={self.val_size} leaves no training images "
                 f"({n_train} in {self.data_dir}); choose data.val_size < {n_train}"
             )
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         images = train.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
-        self.train_set = TensorDataset(images[train_idx], train.targets[train_idx])
-        self.val_set = TensorDataset(images[val_idx], train.targets[val_idx])
+        if self.val_size == 0:
+            self.train_set = TensorDataset(images, train.targets)
+        else:
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(self.seed))
+            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+            self.train_set = TensorDataset(images[train_idx], train.targets[train_idx])
+            self.val_set = TensorDataset(images[val_idx], train.targets[val_idx])
         self.test_set = TensorDataset(test.data.unsqueeze(1), test.targets)
 
     def on_after_batch_transfer(
@@ -104,6 +117,8 @@ class MNISTDataModule(L.LightningDataModule):
         images = images.float() / 255.0  # (B, 1, 28, 28)
         if self.augment and self.trainer is not None and self.trainer.training:
             images = random_affine(images, **self.augment)
+        if not self.normalize:
+            return images, labels
         return (images - MNIST_MEAN) / MNIST_STD, labels
 
     def _loader(self, dataset: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -118,7 +133,9 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:  # val_size=0: Lightning runs no validation for an empty list
+            return []
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:

@@ -1,6 +1,7 @@
 """Pure ``nn.Module`` models; none of them imports Lightning."""
 
 from attention_lab.models.bert import Bert, BertSentimentClassifier
+from attention_lab.models.course import CourseEncoderClassifier, CourseViT
 from attention_lab.models.encoder_classifier import EncoderClassifier
 from attention_lab.models.seq2seq import Seq2SeqTransformer
 from attention_lab.models.text import TransformerTagger, TransformerTextClassifier
@@ -9,6 +10,8 @@ from attention_lab.models.vit import VisionTransformer
 __all__ = [
     "Bert",
     "BertSentimentClassifier",
+    "CourseEncoderClassifier",
+    "CourseViT",
     "EncoderClassifier",
     "Seq2SeqTransformer",
     "TransformerTagger",

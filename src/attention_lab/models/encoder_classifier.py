@@ -2,9 +2,11 @@
 
 How an image becomes tokens decides what attention can do. Pixel rows (28 tokens of 28 pixels
 for MNIST) or patches (49 tokens of 4x4 pixels) give attention something to mix. A single token
-holding all 784 pixels, as some course notebooks do, does not: softmax over one key is always 1,
-so every attention layer returns the value projection of its input and the "transformer" is an
-MLP. ``tokens="flat"`` keeps that variant to reproduce such results, not to recommend it.
+holding the whole image does not: softmax over one key is always 1, so every attention layer
+returns the value projection of its input and the "transformer" is an MLP. ``tokens="flat"``
+keeps that variant (a linear embedding of all 784 pixels as the one token) for comparison, not to
+recommend it. The course's assignment notebook feeds a single token too, but a different one: the
+image cropped to its first 512 pixels, with no embedding (``models/course.py``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ class ImageClassificationTask(L.LightningModule):
     receives ``total_steps`` and is stepped every optimisation step.
     Logs ``{train,val,test}/loss``, ``{train,val,test}/acc`` (the fraction of all samples right,
     not a mean over classes) and ``val/acc_best``.
+
+    ``divide_loss_by_batch_size`` reproduces the course-lab ViT notebook's
+    ``loss = criterion(y_hat, y) / len(x)``: the loss that is differentiated is the batch mean
+    divided once more by the batch size (the logged ``*/loss`` stays the plain mean). Adam's
+    step is invariant to a constant loss scale except through its ``eps``.
     """
 
     def __init__(
@@ -31,6 +36,7 @@ class ImageClassificationTask(L.LightningModule):
         *,
         num_classes: int = 10,
         label_smoothing: float = 0.0,
+        divide_loss_by_batch_size: bool = False,
     ) -> None:
         super().__init__()
         # Plain values only: checkpoints then load with torch.load(weights_only=True). The whole
@@ -39,6 +45,7 @@ class ImageClassificationTask(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.divide_loss_by_batch_size = divide_loss_by_batch_size
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -63,6 +70,8 @@ class ImageClassificationTask(L.LightningModule):
             f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
         )
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        if self.divide_loss_by_batch_size:
+            return loss / images.size(0)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
