@@ -76,9 +76,9 @@ def test_every_experiment_runs_a_step(
     data = compose_config(f"experiment={experiment}").data
     if data._target_.endswith("Multi30kDataModule"):
         data_dir, data_setting, metric, top = tiny_multi30k, "data.vocab_size=200", "test/bleu", 100
-    elif target.endswith("UDDataModule"):
+    elif data._target_.endswith("UDDataModule"):
         data_dir, data_setting, metric, top = tiny_ud, "data.vocab_size=100", "test/acc", 1
-    elif target.endswith("SST2DataModule"):
+    elif data._target_.endswith("SST2DataModule"):
         data_dir, data_setting, metric, top = tiny_sst2, "data.vocab_size=100", "test/acc", 1
     else:
         # An experiment without a validation split (the course notebooks') keeps none.
