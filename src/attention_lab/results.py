@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,10 +123,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-def _span(values: list[str]) -> str:
-    """``a`` when all agree, else ``a – b`` over the sorted distinct values."""
-    distinct = sorted(set(values), key=values.index)
-    return distinct[0] if len(distinct) == 1 else f"{distinct[0]} – {distinct[-1]}"
+def _span(values: list[float], fmt: Callable[[float], str]) -> str:
+    """``fmt(v)`` when all values agree, else ``fmt(min) – fmt(max)``."""
+    low, high = fmt(min(values)), fmt(max(values))
+    return low if low == high else f"{low} – {high}"
 
 
 def _command(experiment: str, recipe: tuple[str, ...], attention: str, seeds: list) -> str:
@@ -163,8 +164,8 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
             _fmt(mean, metric) if len(runs) == 1 else f"{_fmt(mean, metric)} ± {_fmt(std, metric)}"
         )
         shown = _fmt(reported.get("value"), metric) if reported else "–"
-        epochs = _span([str(r.metrics["epochs"]) for r in runs])
-        fit = _span([_duration(r.metrics["fit_time_s"]) for r in runs])
+        epochs = _span([r.metrics["epochs"] for r in runs], str)
+        fit = _span([r.metrics["fit_time_s"] for r in runs], _duration)
         if any(m.resumed for m in members):
             fit += " (resumed: last part)"
         machines = [
