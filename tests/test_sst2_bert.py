@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from attention_lab.data import SST2DataModule
 from attention_lab.errors import ConfigError
@@ -54,9 +55,7 @@ def test_sst2_ids_are_the_checkpoint_tokenizers(sst2_bert_dir: Path, tiny_sst2: 
     assert torch.equal(batch.padding, expected["attention_mask"] == 0)
     assert batch.ids[:, 0].eq(4).all() and batch.ids[batch.padding].eq(2).all()
     assert (batch.padding[:, -1]).any()  # the phrases differ in length: some rows are padded
-    assert "##ty" in reference.convert_ids_to_tokens(
-        data.encode(["a gorgeous , witty film"])[0][0]
-    )
+    assert "##ty" in reference.convert_ids_to_tokens(data.encode(["a gorgeous , witty film"])[0][0])
 
 
 def test_sst2_cuts_at_the_checkpoints_positions(
@@ -101,6 +100,8 @@ def test_sst2_bert_runs_a_step(
     assert cfg.data.tokenizer == str(sst2_bert_dir)
     metrics = train(cfg)
     assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
+    # The attention-map callback drew the BERT blocks' maps at test.
+    assert list((Path(cfg.paths.output_dir) / "attention").rglob("*.png"))
     changed = json.loads(changes.read_text())
     head = {n: c for n, c in changed.items() if n.startswith("net.head.")}
     body = {n: c for n, c in changed.items() if n.startswith("net.body.")}
@@ -121,8 +122,32 @@ def test_sst2_bert_offline_stops_before_training(
     """Without the checkpoint and without the hub, one error naming model.pretrained."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = compose_config(
-        "experiment=sst2_bert", "model.pretrained=/nonexistent/bert", "debug=fast_dev_run",
+        "experiment=sst2_bert",
+        "model.pretrained=/nonexistent/bert",
+        "debug=fast_dev_run",
         data_dir=tiny_sst2,
     )
     with pytest.raises(ConfigError, match=r"model\.pretrained=/nonexistent/bert"):
         train(cfg)
+
+
+def test_classify_refuses_a_bert_checkpoint_clearly(
+    compose_config: ComposeFn, sst2_bert_dir: Path, tiny_sst2: Path, tmp_path: Path
+) -> None:
+    """The classify command does not load pretrained-tokenizer runs yet: it says so."""
+    from attention_lab.classify import load_classifier
+
+    cfg = compose_config(
+        "experiment=sst2_bert",
+        f"model.pretrained={sst2_bert_dir}",
+        "logger=csv",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        data_dir=tiny_sst2,
+    )
+    metrics = train(cfg)
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match=r"pretrained checkpoint's tokenizer"):
+        load_classifier(metrics["best_checkpoint"], str(tmp_path / "config.yaml"))
