@@ -41,3 +41,20 @@ class RecordLearningRate(L.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         with open(self.path, "a") as file:
             file.write(json.dumps({"step": trainer.global_step, "lr": lr}) + "\n")
+
+
+class RecordParameterChange(L.Callback):
+    """Write ``{parameter name: whether training changed it}`` of the task's model to ``path``."""
+
+    def __init__(self, *, path: str) -> None:
+        self.path = path
+        self.before: dict = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        after = dict(pl_module.named_parameters())
+        changed = {n: not bool(p.eq(after[n]).all()) for n, p in self.before.items()}
+        with open(self.path, "w") as file:
+            json.dump(changed, file)

@@ -21,6 +21,7 @@ from torch import nn
 
 from attention_lab.commands import load_trained_run, run_command, trained_net
 from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
+from attention_lab.errors import ConfigError
 from attention_lab.tasks.text import LABEL_NAMES_KEY
 from attention_lab.tasks.translation import TOKENIZERS_KEY
 
@@ -60,6 +61,11 @@ class Classifier:
 def load_classifier(ckpt: str | Path, config: str | None = None) -> Classifier:
     """Model, weights, tokenizer and labels from a checkpoint of ``SequenceClassificationTask``."""
     checkpoint, cfg = load_trained_run(ckpt, config, LABEL_NAMES_KEY, "sentence classification")
+    if TOKENIZERS_KEY not in checkpoint:  # a run with a pretrained checkpoint's tokenizer
+        raise ConfigError(
+            f"ckpt={ckpt} was trained with a pretrained checkpoint's tokenizer "
+            f"(experiment=sst2_bert), which this command does not load yet"
+        )
     tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["src"])
     labels = list(checkpoint[LABEL_NAMES_KEY])
     decided = SimpleNamespace(vocab_size=tokenizer.vocab_size)

@@ -69,9 +69,21 @@ class BertTokenizer:
         padding = torch.tensor([e.attention_mask for e in encodings]) == 0  # (B, T)
         return ids, padding
 
+    def encode_each(
+        self, texts: Sequence[str], *, max_len: int = 512
+    ) -> tuple[list[list[int]], int]:
+        """[CLS] text [SEP] per text, unpadded, truncated to ``max_len`` ([SEP] kept last), and
+        how many texts were truncated."""
+        self.tokenizer.enable_truncation(max_len)
+        self.tokenizer.no_padding()
+        encodings = self.tokenizer.encode_batch(list(texts))
+        return [e.ids for e in encodings], sum(bool(e.overflowing) for e in encodings)
+
     def tokens(self, ids: Sequence[int]) -> list[str]:
         """The token of each id, special tokens included (labels for attention maps)."""
         return [self.tokenizer.id_to_token(i) for i in ids]
+
+    id_to_piece = tokens  # the name the project's own tokenizer gives it (attention-map labels)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens dropped."""

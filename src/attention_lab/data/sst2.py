@@ -8,7 +8,10 @@ treebank's ``trees/test.txt`` (root sentiment 0-1 negative, 3-4 positive, 2 drop
 joined and lower-cased as GLUE ships them).
 
 Sentences become <cls> + subword pieces (the tokenizer is trained on train only), at most
-``max_len`` tokens; longer ones are truncated and how many were is logged.
+``max_len`` tokens; longer ones are truncated and how many were is logged. With
+``tokenizer=<a BERT checkpoint dir or hub id>`` they become that checkpoint's [CLS] pieces [SEP],
+padded with its [PAD] id and cut at ``max_len`` or its position table, whichever is shorter
+(``experiment=sst2_bert``); the project's special-token ids are then not used.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 import urllib.request
 import zipfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -125,9 +129,10 @@ def ensure_sst2(data_dir: str | Path) -> Path:
 class TextBatch(NamedTuple):
     """A padded batch of sentences with their labels."""
 
-    ids: Tensor  # (B, T) <cls> + pieces, padded with <pad>
+    ids: Tensor  # (B, T) <cls> + pieces (or [CLS] pieces [SEP]), padded with the pad id
     labels: Tensor  # (B,)
     texts: list[str]
+    padding: Tensor  # (B, T) True at padding
 
 
 class TextDataset(Dataset):
@@ -149,13 +154,16 @@ class TextDataset(Dataset):
         return [len(i) for i in self.ids]
 
 
-def collate_texts(items: list[tuple[Tensor, Tensor, str]]) -> TextBatch:
-    """Pad each sentence to the longest in the batch."""
+def collate_texts(items: list[tuple[Tensor, Tensor, str]], pad_id: int = PAD_ID) -> TextBatch:
+    """Pad each sentence to the longest in the batch with ``pad_id``."""
     ids, labels, texts = zip(*items, strict=True)
+    lengths = torch.tensor([len(i) for i in ids])  # (B,)
+    padded = torch.nn.utils.rnn.pad_sequence(list(ids), batch_first=True, padding_value=pad_id)
     return TextBatch(
-        ids=torch.nn.utils.rnn.pad_sequence(list(ids), batch_first=True, padding_value=PAD_ID),
+        ids=padded,  # (B, T)
         labels=torch.stack(list(labels)),  # (B,)
         texts=list(texts),
+        padding=torch.arange(padded.size(1)) >= lengths[:, None],  # (B, T)
     )
 
 
@@ -168,6 +176,7 @@ class SST2DataModule(TextDataModule):
 
     label_names = LABEL_NAMES
     collate = staticmethod(collate_texts)
+    accepts_pretrained = True
 
     def __init__(
         self,
@@ -196,6 +205,11 @@ class SST2DataModule(TextDataModule):
         self._splits: dict[str, tuple[list[str], list[int]]] = {}
 
     @property
+    def collate_fn(self) -> partial[TextBatch]:
+        """``collate_texts`` padding with the tokenizer's pad id."""
+        return partial(collate_texts, pad_id=self.pad_id)
+
+    @property
     def folder(self) -> Path:
         """``data_dir/sst2``."""
         return Path(self.data_dir) / "sst2"
@@ -217,7 +231,10 @@ class SST2DataModule(TextDataModule):
         return self.split("train")[0]
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
-        """<cls> + pieces (at most ``max_len`` in all) per text, and how many were truncated."""
+        """<cls> + pieces (at most ``max_len`` in all) per text, and how many were truncated;
+        with a pretrained tokenizer, [CLS] pieces [SEP] (at most ``max_tokens``)."""
+        if self.pretrained:
+            return self.tokenizer.encode_each(texts, max_len=self.max_tokens)
         pieces = self.tokenizer.encode_batch(texts)
         keep = self.max_len - 1
         cls_id = self.tokenizer.cls_id
@@ -231,6 +248,6 @@ class SST2DataModule(TextDataModule):
             ids, cut = self.encode(texts)
             if cut:
                 log.warning(
-                    "SST-2 %s: truncated %d sentences to %d tokens", name, cut, self.max_len
+                    "SST-2 %s: truncated %d sentences to %d tokens", name, cut, self.max_tokens
                 )
             self.datasets[name] = TextDataset(ids, labels, texts)

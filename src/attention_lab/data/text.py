@@ -1,8 +1,15 @@
 """What the sentence data modules (``ud.py``, ``sst2.py``) share: the settings, a subword
-tokenizer with <cls> trained on the training text and cached, and the data loaders."""
+tokenizer with <cls> trained on the training text and cached, and the data loaders.
+
+A module that sets ``accepts_pretrained`` (SST-2) also takes, as ``data.tokenizer``, a pretrained
+BERT checkpoint (a directory or a hub id): its own WordPiece tokenizer then replaces the subword
+one, with the checkpoint's special-token ids, and sentences are cut at the checkpoint's
+``max_position_embeddings`` (read from its ``config.json``; no model is imported).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,14 +17,20 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.multi30k import BucketBatchSampler
 from attention_lab.data.tokenizer import (
+    PAD_ID,
+    TOKENIZER_KINDS,
     SubwordTokenizer,
     check_tokenizer_settings,
     fingerprint,
     load_or_train,
 )
 from attention_lab.errors import ConfigError
+from attention_lab.hub import resolve_bert_dir
+
+TOKENIZER_SETTING = "data.tokenizer"
 
 
 class TextDataModule(L.LightningDataModule):
@@ -30,6 +43,7 @@ class TextDataModule(L.LightningDataModule):
     """
 
     collate: Callable[[list[Any]], Any]
+    accepts_pretrained = False  # whether data.tokenizer may name a pretrained BERT checkpoint
 
     def __init__(
         self,
@@ -45,7 +59,9 @@ class TextDataModule(L.LightningDataModule):
         seed: int,
     ) -> None:
         super().__init__()
-        check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
+        self.pretrained = self.accepts_pretrained and tokenizer not in TOKENIZER_KINDS
+        if not self.pretrained:
+            check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
         if batch_size <= 0 or eval_batch_size <= 0:
             raise ConfigError(
                 f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
@@ -62,7 +78,8 @@ class TextDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self._tokenizer: SubwordTokenizer | None = None
+        self._tokenizer: SubwordTokenizer | BertTokenizer | None = None
+        self._max_positions: int | None = None
         self.datasets: dict[str, Dataset] = {}
 
     @property
@@ -75,10 +92,17 @@ class TextDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     @property
-    def tokenizer(self) -> SubwordTokenizer:
+    def tokenizer(self) -> SubwordTokenizer | BertTokenizer:
         """The subword tokenizer with <cls>, trained on ``training_texts`` or read from the cache
-        (``tokenizer_dir``, else ``folder``)."""
-        if self._tokenizer is None:
+        (``tokenizer_dir``, else ``folder``); or the pretrained checkpoint's own tokenizer."""
+        if self._tokenizer is None and self.pretrained:
+            folder = resolve_bert_dir(self.tokenizer_kind, TOKENIZER_SETTING)
+            self._tokenizer = BertTokenizer.from_pretrained(str(folder), TOKENIZER_SETTING)
+            config = folder / "config.json"
+            if config.exists():
+                positions = json.loads(config.read_text()).get("max_position_embeddings")
+                self._max_positions = int(positions) if positions else None
+        elif self._tokenizer is None:
             texts = self.training_texts()
             folder = Path(self.tokenizer_dir) if self.tokenizer_dir else self.folder
             name = f"tokenizer-{self.tokenizer_kind}{self.max_pieces}-cls-{fingerprint(texts)}.json"
@@ -90,6 +114,18 @@ class TextDataModule(L.LightningDataModule):
                 cls_token=True,
             )
         return self._tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens per sentence: ``max_len``, capped by a pretrained checkpoint's position
+        table (``max_position_embeddings``)."""
+        self.tokenizer  # noqa: B018  (reads the checkpoint's config, once)
+        return min(self.max_len, self._max_positions or self.max_len)
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's padding id (a pretrained checkpoint's own, else <pad>)."""
+        return self.tokenizer.pad_id if self.pretrained else PAD_ID
 
     @property
     def vocab_size(self) -> int:
@@ -107,10 +143,15 @@ class TextDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["test"], batch_size=self.eval_batch_size)
 
+    @property
+    def collate_fn(self) -> Callable[[list[Any]], Any]:
+        """What the loaders batch samples with: ``collate`` unless a subclass binds settings."""
+        return type(self).collate
+
     def _loader(self, dataset: Dataset, **batching) -> DataLoader:
         return DataLoader(
             dataset,
-            collate_fn=type(self).collate,
+            collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             **batching,

@@ -7,6 +7,7 @@ Both keep the data module's tokenizer and label names in their checkpoints, so t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,8 @@ class _TextTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # JSON strings and lists load with weights_only=True: the commands need no data.
         datamodule = self.trainer.datamodule
-        checkpoint[TOKENIZERS_KEY] = {"src": datamodule.tokenizer.to_str()}
+        if hasattr(datamodule.tokenizer, "to_str"):  # not a pretrained checkpoint's tokenizer
+            checkpoint[TOKENIZERS_KEY] = {"src": datamodule.tokenizer.to_str()}
         checkpoint[LABEL_NAMES_KEY] = list(datamodule.label_names)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -211,7 +213,10 @@ class TokenClassificationTask(_TextTask):
 
 
 class SequenceClassificationTask(_TextTask):
-    """Cross-entropy on a label per sentence for a ``TransformerTextClassifier``.
+    """Cross-entropy on a label per sentence for a ``TransformerTextClassifier`` (called as
+    ``net(ids)``) or a ``BertSentimentClassifier`` (whose ``forward`` takes a
+    ``key_padding_mask``: it is given the batch's padding, since a pretrained vocabulary's pad
+    id is its own).
 
     Logs ``{train,val,test}/loss``, ``{train,val,test}/acc`` and ``val/acc_best``.
     """
@@ -226,30 +231,36 @@ class SequenceClassificationTask(_TextTask):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(net, optimizer, scheduler, num_classes, label_smoothing)
+        self.takes_padding = "key_padding_mask" in inspect.signature(net.forward).parameters
 
-    def forward(self, ids: Tensor) -> Tensor:
-        """ids: (B, T) -> logits (B, num_classes)."""
-        return self.net(ids)
+    def forward(self, ids: Tensor, padding: Tensor | None = None) -> Tensor:
+        """ids, padding (True at padding): (B, T) -> logits (B, num_classes)."""
+        return self.net(ids, padding) if self.takes_padding else self.net(ids)
 
     def _step(self, batch: Sequence, split: str) -> Tensor:
         ids, labels = batch[0], batch[1]
-        logits = self(ids)  # (B, K)
+        logits = self(ids, _padding(batch))  # (B, K)
         loss = self._loss(logits, labels)
         self._log_split(split, loss, logits, labels, n=ids.size(0))
         return loss
 
     def attention_maps(self, batch: Sequence) -> AttentionSnapshot:
         """Every layer's per-head attention over the tokens (<cls> and pieces) of ``batch``."""
-        ids = batch[0]
-        length = int((ids != PAD_ID).sum(dim=1).max().item())
-        ids = ids[:, :length]  # (N, T): no column of padding only
+        ids, padding = batch[0], _padding(batch)
+        length = int((~padding).sum(dim=1).max().item())
+        ids, padding = ids[:, :length], padding[:, :length]  # (N, T): no column of padding only
         with keep_attention_weights(self.net) as blocks:
-            self.net(ids)
+            self(ids, padding)
             layers = [block.attention_weights for block in blocks]  # each (N, H, T, T)
         labels = self._piece_labels(ids)
         return AttentionSnapshot(
             [AttentionMap(f"layer{i}", w, labels, labels) for i, w in enumerate(layers)]
         )
+
+
+def _padding(batch: Sequence) -> Tensor:
+    """The batch's padding mask (B, T), True at padding; from <pad> ids for a batch without."""
+    return batch[3] if len(batch) > 3 else batch[0] == PAD_ID
 
 
 def plot_confusion(matrix: Tensor, names: list[str], title: str) -> Figure:
