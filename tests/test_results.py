@@ -121,3 +121,19 @@ def test_a_bleu_row_is_in_the_reported_metric_with_its_signature(tmp_path: Path)
     table = results_table(load_records(tmp_path / "results"))
     signature = "nrefs:1|case:lc|eff:no|tok:13a|smooth:exp"
     assert f"| test/bleu_lc ({signature}) | 39.19 | 1 | 36.50 |" in table
+
+
+def test_the_command_names_the_experiment_file_not_a_renamed_run(tmp_path: Path) -> None:
+    # An ablation run keeps its experiment's config but names itself apart (experiment_name=):
+    # its row is that name, and its command composes the experiment it came from.
+    path = tmp_path / "runs" / "ablation"
+    _fake_run(path, "scratch", 2, 0.949, experiment="vit_mnist_course-no_softmax")
+    overrides = ["experiment=vit_mnist_course", "seed=2", "model.softmax_before_loss=false"]
+    OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
+    keep(path, tmp_path / "results")
+    table = results_table(load_records(tmp_path / "results"))
+    row = next(line for line in table.splitlines() if line.startswith("| vit_mnist_course-no"))
+    assert (
+        "`python train.py experiment=vit_mnist_course model.softmax_before_loss=false "
+        "model.attention=scratch seed=2`" in row
+    )

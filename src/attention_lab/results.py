@@ -91,6 +91,13 @@ class Record:
         )
 
     @property
+    def experiment_file(self) -> str:
+        """The experiment config the run was composed from (``default`` when none): the
+        command's ``experiment=``, which can differ from the row's ``experiment_name``."""
+        chosen = [o.split("=", 1)[1] for o in self.overrides if o.startswith("experiment=")]
+        return chosen[-1] if chosen else "default"
+
+    @property
     def resumed(self) -> bool:
         return any(o.split("=", 1)[0].lstrip("+~") == "ckpt_path" for o in self.overrides)
 
@@ -174,7 +181,7 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
             if "provenance" in r.metrics
         ]
         machine = "; ".join(sorted(set(machines))) if machines else "–"
-        command = _command(experiment, recipe, attention, [r.seed for r in runs])
+        command = _command(members[0].experiment_file, recipe, attention, [r.seed for r in runs])
         name = experiment if not recipe else f"{experiment} ({' '.join(recipe)})"
         signature = SIGNATURES.get(metric.split("/", 1)[1])
         shown_metric = f"{metric} ({signature})" if signature else metric
