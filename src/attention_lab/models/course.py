@@ -58,7 +58,7 @@ class CourseEncoderClassifier(nn.Module):
       embedding layer. False: a linear embedding of all 784 pixels to ``d_model``.
     - ``dropout_at_test``: the notebook never calls ``model.eval()``, so ``with torch.no_grad():
       ... outputs = model(images)`` tests with dropout (0.1) still on. True keeps every dropout
-      (the attention's included) active after ``eval()``; False: the usual deterministic test.
+      (the attention's included) active after ``.eval()``; False: the usual deterministic test.
     """
 
     def __init__(
@@ -101,7 +101,7 @@ class CourseEncoderClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> CourseEncoderClassifier:
         """As ``nn.Module.train``; with ``dropout_at_test`` the submodules stay in training mode
-        (only dropout depends on it here), so ``eval()`` leaves dropout on, as the notebook."""
+        (only dropout depends on it here), so ``.eval()`` leaves dropout on, as the notebook."""
         super().train(mode)
         if self.dropout_at_test and not mode:
             for child in self.children():
