@@ -76,10 +76,10 @@ def _config_with_sigterm_in_validation(
 
 
 def _comparable(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics without the timings (wall time, samples/s) and with the best checkpoint's file
-    name only: everything a seed decides."""
-    timings = ("fit_time_s", "train_samples_per_s")
-    kept = {key: value for key, value in metrics.items() if key not in timings}
+    """Metrics without the timings (wall time, samples/s) and the provenance (machine, load,
+    finish time), and with the best checkpoint's file name only: everything a seed decides."""
+    not_decided_by_the_seed = ("fit_time_s", "train_samples_per_s", "provenance")
+    kept = {key: value for key, value in metrics.items() if key not in not_decided_by_the_seed}
     kept["best_checkpoint"] = Path(metrics["best_checkpoint"]).name
     return kept
 
@@ -153,7 +153,11 @@ def test_checkpoints_load_with_weights_only_and_carry_rng_state(unbroken_run: Pa
     )
     rng = checkpoint["callbacks"]["RNGStateCheckpoint"]
     assert rng["torch"].dtype == torch.uint8 and len(rng["python"][1]) == 625
-    assert checkpoint["hyper_parameters"] == {"num_classes": 10, "label_smoothing": 0.0}
+    assert checkpoint["hyper_parameters"] == {
+        "num_classes": 10,
+        "label_smoothing": 0.0,
+        "divide_loss_by_batch_size": False,
+    }
 
 
 # --- Bad checkpoints -----------------------------------------------------------------------
