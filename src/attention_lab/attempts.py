@@ -65,6 +65,13 @@ STARTED = datetime.now()
 OmegaConf.register_new_resolver(
     "attempt_time", lambda: STARTED.strftime("%Y-%m-%d_%H-%M-%S-%f"), replace=True
 )
+# Where the command's log goes: its attempt folder; the run directory itself when Hydra writes no
+# output subdir (the other ranks of a DDP run, which Lightning launches with output_subdir=null).
+OmegaConf.register_new_resolver(
+    "attempt_log_dir",
+    lambda run_dir, subdir: run_dir if subdir is None else f"{run_dir}/{subdir}",
+    replace=True,
+)
 
 
 def _attempt_record() -> tuple[Path, Path] | None:
