@@ -61,9 +61,17 @@ def test_there_are_experiments() -> None:
     } <= set(_experiments())
 
 
+# Every experiment runs a step with scratch attention, and one of them with every kind: the
+# kinds compute the same function (tests/test_models.py, test_seq2seq.py, test_text_models.py,
+# test_course.py), so running each experiment four times would add minutes to CI and no check.
 # sst2_bert needs a pretrained checkpoint: tests/test_sst2_bert.py runs it on a tiny random BERT.
-@pytest.mark.parametrize("experiment", [e for e in _experiments() if e != "sst2_bert"])
-@pytest.mark.parametrize("attention", ATTENTION_KINDS)
+EXPERIMENT_STEPS = [
+    *((e, "scratch") for e in _experiments() if e != "sst2_bert"),
+    *(("mnist_encoder", kind) for kind in ATTENTION_KINDS if kind != "scratch"),
+]
+
+
+@pytest.mark.parametrize(("experiment", "attention"), EXPERIMENT_STEPS)
 def test_every_experiment_runs_a_step(
     compose_config: ComposeFn,
     tiny_mnist: Path,
