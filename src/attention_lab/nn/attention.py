@@ -159,7 +159,7 @@ class MultiHeadAttention(nn.Module):
 
     Query rows with no allowed key (every key masked) give a zero attention output on every kernel
     here; ``nn.MultiheadAttention`` gives NaN for them when it returns weights and in its eval
-    fast path, and zeros otherwise (torch 2.14, CPU; ``tests/test_attention.py`` pins this).
+    fast path, and zeros otherwise (torch 2.14, CPU; ``tests/test_attention_dropin.py`` pins this).
     """
 
     def __init__(
