@@ -18,6 +18,7 @@ from attention_lab.results import (
     readme_agrees,
     results_table,
     update_readme,
+    variants_table,
 )
 from tests.conftest import CONF_DIR, REPO_ROOT
 from tests.test_report import _fake_run
@@ -68,17 +69,52 @@ def test_keep_refuses_an_unfinished_run(tmp_path: Path) -> None:
         keep(tmp_path / "failed", tmp_path / "results")
 
 
-def test_table_rows_per_recipe_and_kind(records: Path) -> None:
+def test_table_rows_per_experiment_and_kind(records: Path) -> None:
     table = results_table(load_records(records), ["default", "vit_mnist"])
     rows = [line for line in table.splitlines() if line.startswith("| vit_mnist")]
-    assert len(rows) == 2
     # scratch: mean 99.505%, sample std 0.0354%; reported 99.50%; the seeds form the command.
+    # The 30-epoch torch run changed the recipe: it is a variant, not a row of this table.
+    assert len(rows) == 1
     assert "| vit_mnist | scratch | test/acc | 99.50% ± 0.04% | 2 | 99.50% | 2 |" in rows[0]
     assert "`python train.py -m experiment=vit_mnist model.attention=scratch seed=0,1`" in rows[0]
-    # A recipe override makes its own row and stays in the command; logger=csv does not.
-    assert "| vit_mnist (trainer.max_epochs=30) | torch | test/acc | 99.47% | 1 |" in rows[1]
-    assert "experiment=vit_mnist trainer.max_epochs=30 model.attention=torch seed=0`" in rows[1]
     assert "No run record yet: `default`" in table
+
+
+def test_a_variant_is_set_beside_its_experiment_seed_by_seed(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    filed = ["experiment=vit_mnist_course", "logger=csv"]
+    flipped = [*filed, "model.row_strip_patches=false", "experiment_name=vit-row_strip_off"]
+    runs = [  # (attention, seed, acc, overrides, experiment_name)
+        ("scratch", 0, 0.90, filed, "vit_mnist_course"),
+        ("scratch", 1, 0.92, filed, "vit_mnist_course"),
+        ("scratch", 2, 0.80, filed, "vit_mnist_course"),
+        ("scratch", 0, 0.95, flipped, "vit-row_strip_off"),
+        ("scratch", 1, 0.96, flipped, "vit-row_strip_off"),
+        ("torch", 0, 0.93, flipped, "vit-row_strip_off"),  # no torch record as filed
+    ]
+    for i, (attention, seed, acc, overrides, name) in enumerate(runs):
+        path = tmp_path / "runs" / str(i)
+        _fake_run(path, attention, seed, acc, experiment=name)
+        OmegaConf.save(
+            OmegaConf.create([*overrides, f"seed={seed}"]), path / ".hydra/overrides.yaml"
+        )
+        keep(path, results)
+    records = load_records(results)
+    main_rows = results_table(records).splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in main_rows] == [["| vit_mnist_course", "scratch"]]
+    variants = variants_table(records).splitlines()[2:]
+    assert len(variants) == 2
+    # Paired with seeds 0 and 1 only (seed 2 has no variant): +5 and +4 points.
+    assert variants[0].startswith(
+        "| vit_mnist_course | model.row_strip_patches=false | scratch | test/acc "
+        "| 95.50% ± 0.71% | 2 | +4.50 ± 0.71 (n=2) | "
+    )
+    assert (
+        "`python train.py -m experiment=vit_mnist_course model.row_strip_patches=false "
+        "experiment_name=vit-row_strip_off model.attention=scratch seed=0,1`" in variants[0]
+    )
+    assert "| torch | test/acc | 93.00% | 1 | – (no record of the experiment" in variants[1]
+    assert variants_table([r for r in records if not r.change]) == ""
 
 
 def test_results_rewrites_only_the_block_and_check_agrees(records: Path, tmp_path: Path) -> None:
@@ -125,14 +161,14 @@ def test_a_bleu_row_is_in_the_reported_metric_with_its_signature(tmp_path: Path)
 
 def test_the_command_names_the_experiment_file_not_a_renamed_run(tmp_path: Path) -> None:
     # An ablation run keeps its experiment's config but names itself apart (experiment_name=):
-    # its row is that name, and its command composes the experiment it came from.
+    # its row names the experiment file it changed, and so does its command.
     path = tmp_path / "runs" / "ablation"
     _fake_run(path, "scratch", 2, 0.949, experiment="vit_mnist_course-no_softmax")
     overrides = ["experiment=vit_mnist_course", "seed=2", "model.softmax_before_loss=false"]
     OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
     keep(path, tmp_path / "results")
-    table = results_table(load_records(tmp_path / "results"))
-    row = next(line for line in table.splitlines() if line.startswith("| vit_mnist_course-no"))
+    row = variants_table(load_records(tmp_path / "results")).splitlines()[2]
+    assert row.startswith("| vit_mnist_course | model.softmax_before_loss=false | scratch |")
     assert (
         "`python train.py experiment=vit_mnist_course model.softmax_before_loss=false "
         "model.attention=scratch seed=2`" in row

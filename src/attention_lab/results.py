@@ -10,14 +10,17 @@ the one tracked folder under ``outputs/``. Adding a figure to the README is:
     git add outputs/results README.md
 
 The table sits in README.md between ``BEGIN`` and ``END``; ``--results --check`` (and
-``tests/test_results.py``) fail when that block and the records disagree. One row per recipe
-(experiment plus any override other than the attention kind, the seed and bookkeeping such as
-the logger) and attention kind: mean ± sample std of the test metric over its records, n, the
-experiment's ``reported:`` figure, epochs, fit time, machine and the command that reproduces
-it. The test metric is the one the experiment's ``reported:`` figure is in (else the test metric
-of the checkpoint monitor); a BLEU figure carries its SacreBLEU signature. Experiments in
-``conf/experiment/`` without a record are named under the table, so a missing
-row is visible rather than silent.
+``tests/test_results.py``) fail when that block and the records disagree. One row per
+experiment file and attention kind: mean ± sample std of the test metric over its records, n,
+the experiment's ``reported:`` figure, epochs, fit time, machine and the command that
+reproduces it. A record whose command changed a setting (any override other than the attention
+kind, the seed, ``experiment_name`` and bookkeeping such as the logger) is a *variant*: it goes
+to a second table, of ablations and variants, which sets it beside its experiment as filed,
+seed by seed (the paired difference: with the same seed most changes start from the same
+weights and see the same batches). The test metric is the one the experiment's ``reported:``
+figure is in (else the test metric of the checkpoint monitor); a BLEU figure carries its
+SacreBLEU signature. Experiments in ``conf/experiment/`` without a record are named under the
+table, so a missing row is visible rather than silent.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ RECORD_FILES = (METRICS_FILE, HISTORY_FILE, ".hydra/config.yaml", ".hydra/overri
 # aggregated over; the rest only say where a run writes, logs or resumes from.
 BOOKKEEPING = ("model.attention", "seed", "ckpt_path", "tags", "hydra.", "logger", "paths.")
 BOOKKEEPING_EXACT = ("data.data_dir", "data.num_workers", "trainer.enable_progress_bar")
+# Names a variant's runs apart (so that a report groups them); not a change of recipe.
+RENAME = "experiment_name"
 
 
 def keep(run_dir: Path, results_dir: Path = RESULTS_DIR, name: str | None = None) -> Path:
@@ -89,6 +94,11 @@ class Record:
         return tuple(
             o for o in self.overrides if not _is_bookkeeping(o) and not o.startswith("experiment=")
         )
+
+    @property
+    def change(self) -> tuple[str, ...]:
+        """The recipe without the renaming: what this run changed from its experiment file."""
+        return tuple(o for o in self.recipe if o.split("=", 1)[0].lstrip("+~") != RENAME)
 
     @property
     def experiment_file(self) -> str:
@@ -147,29 +157,49 @@ def _command(experiment: str, recipe: tuple[str, ...], attention: str, seeds: li
     return " ".join(words)
 
 
+def _score(values: list[float], metric: str) -> str:
+    mean, std = _mean_std(values)
+    return _fmt(mean, metric) if len(values) == 1 else f"{_fmt(mean, metric)} ± {_fmt(std, metric)}"
+
+
+def _metric(members: list[Record]) -> tuple[str, list[float]]:
+    """The metric a group is reported in (its ``reported:`` figure's, else the test metric of
+    the monitored one) and each member's value of it."""
+    reported = members[0].run.reported
+    metric = (reported or {}).get("metric") or members[0].run.test_metric
+    values = [m.run.metrics["test"].get(metric) for m in members]
+    if None in values:
+        experiment = members[0].run.experiment
+        raise ConfigError(f"{experiment}: a record below has no {metric} in {METRICS_FILE}")
+    return metric, values
+
+
+def _points(value: float, metric: str) -> str:
+    """A difference in the metric's shown unit: percentage points for accuracies."""
+    return _fmt(value, metric).removesuffix("%")
+
+
+def _shown_metric(metric: str) -> str:
+    signature = SIGNATURES.get(metric.split("/", 1)[1])
+    return f"{metric} ({signature})" if signature else metric
+
+
 def results_table(records: list[Record], experiments: list[str] | None = None) -> str:
-    """The Markdown table of ``records`` (see the module docstring), and a line naming each of
-    ``experiments`` that has no record."""
-    groups: dict[tuple[str, tuple[str, ...], str], list[Record]] = defaultdict(list)
+    """The Markdown table of the records that ran an experiment file as it is (see the module
+    docstring), and a line naming each of ``experiments`` that has no such record."""
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for record in records:
-        groups[(record.run.experiment, record.recipe, record.run.attention)].append(record)
+        if not record.change:
+            groups[(record.run.experiment, record.run.attention)].append(record)
     lines = [
         "| experiment | attention | test metric | ours: mean ± std | n | reported | epochs "
         "| fit time | machine | command |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (experiment, recipe, attention), members in sorted(groups.items()):
+    for (experiment, attention), members in sorted(groups.items()):
         runs = [m.run for m in members]
+        metric, values = _metric(members)
         reported = runs[0].reported
-        # The metric the reported figure is in, else the test metric of the monitored one.
-        metric = (reported or {}).get("metric") or runs[0].test_metric
-        values = [r.metrics["test"].get(metric) for r in runs]
-        if None in values:
-            raise ConfigError(f"{experiment}: a record below has no {metric} in {METRICS_FILE}")
-        mean, std = _mean_std(values)
-        score = (
-            _fmt(mean, metric) if len(runs) == 1 else f"{_fmt(mean, metric)} ± {_fmt(std, metric)}"
-        )
         shown = _fmt(reported.get("value"), metric) if reported else "–"
         epochs = _span([r.metrics["epochs"] for r in runs], str)
         fit = _span([r.metrics["fit_time_s"] for r in runs], _duration)
@@ -181,20 +211,64 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
             if "provenance" in r.metrics
         ]
         machine = "; ".join(sorted(set(machines))) if machines else "–"
-        command = _command(members[0].experiment_file, recipe, attention, [r.seed for r in runs])
-        name = experiment if not recipe else f"{experiment} ({' '.join(recipe)})"
-        signature = SIGNATURES.get(metric.split("/", 1)[1])
-        shown_metric = f"{metric} ({signature})" if signature else metric
+        command = _command(
+            members[0].experiment_file, members[0].recipe, attention, [r.seed for r in runs]
+        )
         lines.append(
-            f"| {name} | {attention} | {shown_metric} | {score} | {len(runs)} | {shown} | {epochs} "
-            f"| {fit} | {machine} | `{command}` |"
+            f"| {experiment} | {attention} | {_shown_metric(metric)} | {_score(values, metric)} "
+            f"| {len(runs)} | {shown} | {epochs} | {fit} | {machine} | `{command}` |"
         )
     if not groups:
         lines = ["No run records yet."]
-    missing = sorted(set(experiments or []) - {r.run.experiment for r in records})
+    missing = sorted(set(experiments or []) - {experiment for experiment, _ in groups})
     if missing:
         names = ", ".join(f"`{e}`" for e in missing)
         lines += ["", f"No run record yet: {names} (their earlier figures are below)."]
+    return "\n".join(lines)
+
+
+def variants_table(records: list[Record]) -> str:
+    """The Markdown table of the variants: per experiment file, change and attention kind, the
+    test metric (mean ± std, n) and its difference from the experiment as filed, seed by seed
+    (mean ± std of the paired differences over the seeds both have); empty without variants."""
+    groups: dict[tuple[str, tuple[str, ...], str], list[Record]] = defaultdict(list)
+    for record in records:
+        if record.change:
+            groups[(record.experiment_file, record.change, record.run.attention)].append(record)
+    if not groups:
+        return ""
+    lines = [
+        "| experiment | change | attention | test metric | ours: mean ± std | n "
+        "| minus the experiment as filed, same seeds (points) | command |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (experiment, change, attention), members in sorted(groups.items()):
+        metric, values = _metric(members)
+        base_by_seed = {
+            r.run.seed: r.run.metrics["test"][metric]
+            for r in records
+            if not r.change
+            and r.experiment_file == experiment
+            and r.run.attention == attention
+            and metric in r.run.metrics["test"]
+        }
+        pairs = [
+            value - base_by_seed[m.run.seed]
+            for m, value in zip(members, values, strict=True)
+            if m.run.seed in base_by_seed
+        ]
+        if pairs:
+            mean, std = _mean_std(pairs)
+            sign = "+" if mean >= 0 else "−"
+            delta = f"{sign}{_points(abs(mean), metric)}"
+            delta += f" ± {_points(std, metric)} (n={len(pairs)})" if len(pairs) > 1 else " (n=1)"
+        else:
+            delta = "– (no record of the experiment with these seeds)"
+        command = _command(experiment, members[0].recipe, attention, [m.run.seed for m in members])
+        lines.append(
+            f"| {experiment} | {' '.join(change)} | {attention} | {_shown_metric(metric)} "
+            f"| {_score(values, metric)} | {len(members)} | {delta} | `{command}` |"
+        )
     return "\n".join(lines)
 
 
@@ -214,7 +288,15 @@ def results_block(results_dir: Path, conf_dir: Path | None = None) -> str:
         "machine, versions and git commit, config and per-epoch history). Mean ± sample std over "
         "n seeds; fit time is `trainer.fit`'s wall time."
     )
-    table = results_table(load_records(results_dir), experiments)
+    records = load_records(results_dir)
+    table = results_table(records, experiments)
+    variants = variants_table(records)
+    if variants:
+        table += (
+            "\n\n<details>\n<summary><b>Ablations and variants</b>: one setting changed from "
+            "the experiment file; the difference is taken seed by seed</summary>\n\n"
+            f"{variants}\n</details>"
+        )
     return f"{BEGIN}\n{legend}\n\n{table}\n{END}"
 
 
