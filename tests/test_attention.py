@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
+import attention_lab.nn.attention as attention_module
 from attention_lab.nn.attention import (
     ATTENTION_KINDS,
     MultiHeadAttention,
@@ -256,12 +257,13 @@ class TestFastKernels:
         fast.load_state_dict(explicit.state_dict())
         return explicit, fast
 
+    @pytest.mark.parametrize("padded", [True, False])
     @pytest.mark.parametrize("causal", ["mask", "is_causal"])
     def test_outputs_and_gradients_match_with_padding_and_causal_masks(
-        self, kernel: str, causal: str
+        self, kernel: str, causal: str, padded: bool
     ) -> None:
         explicit, fast = self._pair(kernel)
-        padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+        padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2]) if padded else None
         masks = {"attn_mask": ~causal_mask(6)} if causal == "mask" else {"is_causal": True}
         x = torch.randn(2, 6, 16)
         results = []
@@ -272,6 +274,39 @@ class TestFastKernels:
             results.append([out, leaf.grad, module.in_proj_weight.grad])
         for expected, actual in zip(*results, strict=True):
             torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+    def test_is_causal_alone_reaches_the_kernel_as_a_flag(
+        self, kernel: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Without another mask, the kernel gets is_causal and no (T, T) mask to read.
+        _, fast = self._pair(kernel)
+        name = "scaled_dot_product_attention" if kernel == "fused" else "flash_attention"
+        target = attention_module.F if kernel == "fused" else attention_module
+        seen = []
+        real = getattr(target, name)
+
+        def spy(*args: object, **kwargs: object) -> Tensor:
+            seen.append(kwargs)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(target, name, spy)
+        x = torch.randn(2, 6, 16)
+        fast(x, x, x, need_weights=False, is_causal=True)
+        flag = "is_causal" if kernel == "fused" else "causal"
+        mask = seen[0]["attn_mask"] if kernel == "fused" else None
+        assert seen[0][flag] is True and mask is None
+        # With a padding mask beside it, PyTorch's kernel cannot take the flag: it gets the mask.
+        seen.clear()
+        fast(
+            x,
+            x,
+            x,
+            key_padding_mask=torch.zeros(2, 6, dtype=torch.bool),
+            need_weights=False,
+            is_causal=True,
+        )
+        if kernel == "fused":
+            assert seen[0]["is_causal"] is False and seen[0]["attn_mask"] is not None
 
     def test_weights_when_asked_come_from_the_explicit_path(self, kernel: str) -> None:
         explicit, fast = self._pair(kernel)

@@ -300,17 +300,21 @@ class MultiHeadAttention(nn.Module):
 
         if key.size(0) != batch:
             raise ValueError(f"query holds {batch} sequences but key {key.size(0)}")
-        # The flash kernel takes causality as a flag and skips the blocks it hides; every other
-        # path gets the mask. Extra keys (bias_kv, zero_attn) are appended after the source
-        # positions and stay visible to all queries, so they need the mask too.
-        flash_causal = (
+        # The flash and fused kernels take causality as a flag and skip the blocks it hides;
+        # every other path gets the mask. Extra keys (bias_kv, zero_attn) are appended after the
+        # source positions and stay visible to all queries, so they need the mask too. PyTorch's
+        # kernel takes the flag only without any other mask.
+        kernel_causal = (
             is_causal
-            and self.kernel == "flash"
             and not need_weights
             and self.bias_k is None
             and not self.add_zero_attn
+            and (
+                self.kernel == "flash"
+                or (self.kernel == "fused" and attn_mask is None and key_padding_mask is None)
+            )
         )
-        if is_causal and attn_mask is None and not flash_causal:
+        if is_causal and attn_mask is None and not kernel_causal:
             attn_mask = ~causal_mask(tgt_len, device=query.device)  # (T, T), True = ignore
         mask = merge_masks(
             key_padding_mask,
@@ -340,14 +344,16 @@ class MultiHeadAttention(nn.Module):
         if need_weights or self.kernel == "explicit":
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T, D)
         elif self.kernel == "fused":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=kernel_causal
+            )  # (B, H, T, D)
         else:
             out = flash_attention(
                 q,
                 k,
                 v,
                 mask,
-                causal=flash_causal,
+                causal=kernel_causal,
                 dropout_p=dropout_p,
                 block_q=self.block_q,
                 block_k=self.block_k,
