@@ -270,3 +270,17 @@ def test_inference_benchmark_writes_its_own_table(tmp_path: Path) -> None:
         assert float(row["samples/s (median)"]) > 0
         # inference saves nothing for backward
         assert (row["memory (MiB)"], row["memory vs torch"]) == ("–", "–")
+
+
+@pytest.mark.parametrize("experiment", ["ud_pos_transformer", "sst2_transformer"])
+def test_train_benchmark_measures_the_language_tasks(tmp_path: Path, experiment: str) -> None:
+    args = ["train", "--out", str(tmp_path), "--experiments", experiment, "--seq-len", "6"]
+    args += ["--kinds", "scratch", "torch", "--repeats", "1", "--min-time", "0.01"]
+    args += ["--overrides", "model.n_layers=1", "model.d_model=32", "data.vocab_size=50"]
+    main([*args, "data.batch_size=3"])
+    with (tmp_path / "train.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["kind"] for row in rows} == {"scratch", "torch"}
+    for row in rows:  # every step trains 3 sentences of 6 pieces
+        assert float(row["tokens_per_s"]) == pytest.approx(6 * float(row["samples_per_s"]))
+    assert _train_table(tmp_path / "train.md")[experiment, "torch", "no"]["vs torch"] == "1.00x"

@@ -10,12 +10,12 @@
 - ``flash-blocks``: ``scratch_flash`` over a grid of (block_q, block_k): how its default block
   sizes were chosen.
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
-  size; samples/s, and tokens/s for translation and BERT), every attention kind measured in one
-  process, interleaved, several repeats, median reported, with the ratio to ``torch``; with
-  ``--compile``, each kind also compiled, with its speed-up over eager; with ``--inference``,
-  forward passes in eval mode instead (no dropout, no gradients: where fused kernels run).
-  Besides the experiments, ``bert_base`` and ``vit_b_16`` are models at the sizes of those
-  pretrained checkpoints (random weights, nothing downloaded): BERT-base with the course's
+  size; samples/s, and tokens/s for translation, the language tasks and BERT), every attention
+  kind measured in one process, interleaved, several repeats, median reported, with the ratio
+  to ``torch``; with ``--compile``, each kind also compiled, with its speed-up over eager; with
+  ``--inference``, forward passes in eval mode instead (no dropout, no gradients: where fused
+  kernels run). Besides the experiments, ``bert_base`` and ``vit_b_16`` are models at the sizes
+  of those pretrained checkpoints (random weights, nothing downloaded): BERT-base with the course's
   sentiment head, fully fine-tuned, on ``--seq-len`` tokens; ViT-B/16 on 224x224 images, 1000
   classes. Their batch is ``--sized-batch``.
 - ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
@@ -44,6 +44,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils import benchmark
 
+from attention_lab.data.ud import UPOS_TAGS
 from attention_lab.models import Bert, BertSentimentClassifier, VisionTransformer
 from attention_lab.nn.attention import (
     ATTENTION_KINDS,
@@ -306,6 +307,31 @@ def _translation_step(
     return loss, batch, batch * length
 
 
+def _text_step(cfg: DictConfig, net: nn.Module, device: torch.device, length: int) -> StepLoss:
+    """Cross-entropy on synthetic sentences of ``length`` pieces, <cls> first, no padding: a
+    tag per word of 1.5 pieces on average for a tagger, a label per sentence otherwise."""
+    batch = cfg.data.batch_size
+    ids = torch.randint(5, cfg.model.vocab_size, (batch, length), device=device)  # (B, T)
+    ids[:, 0] = 4  # <cls>
+    if "num_tags" not in cfg.model:
+        labels = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
+        return lambda: F.cross_entropy(net(ids), labels), batch, batch * length
+    starts = torch.rand(batch, length, device=device) < 2 / 3  # a new word at this piece
+    starts[:, 1] = True
+    word_ids = starts[:, 1:].long().cumsum(dim=1) - 1  # (B, T-1)
+    word_ids = torch.cat([word_ids.new_full((batch, 1), -1), word_ids], dim=1)  # (B, T)
+    n_words = int(word_ids.max()) + 1
+    tags = torch.randint(0, cfg.model.num_tags, (batch, n_words), device=device)
+    words = (word_ids[:, :, None] == torch.arange(n_words, device=device)).any(1)  # (B, W)
+    tags[~words] = -100  # sentences with fewer words: nothing to tag
+
+    def loss() -> torch.Tensor:
+        logits = net(ids, word_ids, n_words)  # (B, W, num_tags)
+        return F.cross_entropy(logits.flatten(0, 1), tags.flatten(), ignore_index=-100)
+
+    return loss, batch, batch * length
+
+
 # Constructor settings of the models at pretrained checkpoints' sizes (Bert's defaults are
 # BERT-base's).
 SIZED_MODELS = {"bert_base": {}, "vit_b_16": TORCHVISION_VITS["vit_b_16"]}
@@ -356,7 +382,8 @@ def _inference_step(loss: Callable[[], torch.Tensor]) -> None:
 def bench_train(args: argparse.Namespace) -> list[dict]:
     """Training steps of whole models on synthetic batches, per attention kind, interleaved.
 
-    Translation models get sentence pairs of ``--seq-len`` tokens (token ids drawn at random:
+    Translation models get sentence pairs of ``--seq-len`` tokens, the language tasks
+    sentences of that many pieces (token ids drawn at random:
     the cost of a step does not depend on which tokens they are). With ``--compile`` every kind
     is also measured compiled with ``torch.compile`` (the first, compiling call is the warm-up).
     """
@@ -366,10 +393,13 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         sized = experiment in SIZED_MODELS
         cfg = None if sized else _experiment_config(experiment, args.overrides)
         translation = not sized and "src_vocab_size" in cfg.model
-        if translation:  # the tokenizer decides these in a real run; no tokenizer is trained here
+        text = not sized and "vocab_size" in cfg.model
+        if translation or text:  # the data decide these in a real run; none is read here
             synthetic_data = SimpleNamespace(
                 src_vocab_size=cfg.data.vocab_size,
                 tgt_vocab_size=cfg.data.vocab_size,
+                vocab_size=cfg.data.vocab_size,
+                num_tags=len(UPOS_TAGS),
                 max_len=max(cfg.data.max_len, args.seq_len + 1),
             )
             fill_model_settings_from_data(cfg, synthetic_data)
@@ -387,6 +417,8 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                     net = build_model(cfg).to(device).train()
                     if translation:
                         step_loss = _translation_step(cfg, net, device, args.seq_len)
+                    elif text:
+                        step_loss = _text_step(cfg, net, device, args.seq_len)
                     else:
                         step_loss = _classification_step(cfg, net, device)
                 loss, samples, tokens = step_loss
@@ -541,7 +573,10 @@ def main(argv: list[str] | None = None) -> None:
         help="flash-blocks: the block sizes tried for block_q and block_k",
     )
     parser.add_argument(
-        "--seq-len", type=int, default=24, help="train: tokens per sentence (translation, BERT)"
+        "--seq-len",
+        type=int,
+        default=24,
+        help="train: tokens per sentence (translation, the language tasks, BERT)",
     )
     parser.add_argument(
         "--sized-batch", type=int, default=32, help="train: batch of bert_base and vit_b_16"
