@@ -136,6 +136,8 @@ def tiny_multi30k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ComposeFn = Callable[..., DictConfig]
+# An experiment's config -> (tiny data dir, data setting, test metric, its upper bound)
+TinyDataFn = Callable[[DictConfig], tuple[Path, str, str, float]]
 
 
 @pytest.fixture
@@ -277,3 +279,25 @@ def make_tiny_sst2(root: Path, sizes: tuple[int, int, int] = (160, 32, 32)) -> P
 def tiny_sst2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data_dir whose sst2/ holds 160 / 32 / 32 labelled phrases."""
     return make_tiny_sst2(tmp_path_factory.mktemp("data_sst2"))
+
+
+@pytest.fixture
+def tiny_data_for(
+    tiny_mnist: Path, tiny_multi30k: Path, tiny_ud: Path, tiny_sst2: Path
+) -> TinyDataFn:
+    """For an experiment's composed config: the tiny data set of its kind (written by the
+    fixtures), the data setting that fits it, its test metric and the metric's upper bound."""
+
+    def _for(cfg: DictConfig) -> tuple[Path, str, str, float]:
+        data = cfg.data
+        if data._target_.endswith("Multi30kDataModule"):
+            return tiny_multi30k, "data.vocab_size=200", "test/bleu", 100
+        if data._target_.endswith("UDDataModule"):
+            return tiny_ud, "data.vocab_size=100", "test/acc", 1
+        if data._target_.endswith("SST2DataModule"):
+            return tiny_sst2, "data.vocab_size=100", "test/acc", 1
+        # An experiment without a validation split (the course notebooks') keeps none.
+        val_size = "data.val_size=0" if data.val_size == 0 else "data.val_size=56"
+        return tiny_mnist, val_size, "test/acc", 1
+
+    return _for

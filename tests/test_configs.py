@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from attention_lab.nn.attention import ATTENTION_KINDS
 from attention_lab.training import train
-from tests.conftest import CONF_DIR, ComposeFn, run_train_py
+from tests.conftest import CONF_DIR, ComposeFn, TinyDataFn, run_train_py
 
 # Groups whose every option is composed by itself; experiment and debug are run below.
 GROUPS = ["data", "model", "task", "trainer", "logger", "callbacks", "paths"]
@@ -73,26 +73,9 @@ EXPERIMENT_STEPS = [
 
 @pytest.mark.parametrize(("experiment", "attention"), EXPERIMENT_STEPS)
 def test_every_experiment_runs_a_step(
-    compose_config: ComposeFn,
-    tiny_mnist: Path,
-    tiny_multi30k: Path,
-    tiny_ud: Path,
-    tiny_sst2: Path,
-    experiment: str,
-    attention: str,
+    compose_config: ComposeFn, tiny_data_for: TinyDataFn, experiment: str, attention: str
 ) -> None:
-    # Each experiment runs on the tiny data set of its kind, written by the fixtures.
-    data = compose_config(f"experiment={experiment}").data
-    if data._target_.endswith("Multi30kDataModule"):
-        data_dir, data_setting, metric, top = tiny_multi30k, "data.vocab_size=200", "test/bleu", 100
-    elif data._target_.endswith("UDDataModule"):
-        data_dir, data_setting, metric, top = tiny_ud, "data.vocab_size=100", "test/acc", 1
-    elif data._target_.endswith("SST2DataModule"):
-        data_dir, data_setting, metric, top = tiny_sst2, "data.vocab_size=100", "test/acc", 1
-    else:
-        # An experiment without a validation split (the course notebooks') keeps none.
-        val_size = "data.val_size=0" if data.val_size == 0 else "data.val_size=56"
-        data_dir, data_setting, metric, top = tiny_mnist, val_size, "test/acc", 1
+    data_dir, data_setting, metric, top = tiny_data_for(compose_config(f"experiment={experiment}"))
     cfg = compose_config(
         f"experiment={experiment}",
         f"model.attention={attention}",
