@@ -227,7 +227,7 @@ def plot_by_experiment(runs: list[Run]) -> Figure:
         if run.test_value is not None:
             groups[(run.experiment, run.attention)].append(run)
     keys = sorted(groups)
-    fig = Figure(figsize=(7, 1.0 + 0.4 * len(keys)))
+    fig = Figure(figsize=(9, 1.2 + 0.4 * len(keys)))
     ax = fig.subplots()
     stats = [_mean_std([r.test_value for r in groups[key]]) for key in keys]
     positions = list(range(len(keys)))
