@@ -12,7 +12,7 @@ from attention_lab.data.sst2 import read_tsv, tree_to_example
 from attention_lab.data.tokenizer import CLS_ID, PAD_ID, SubwordTokenizer
 from attention_lab.data.ud import IGNORE_INDEX, UPOS_TAGS, read_conllu
 from attention_lab.errors import ConfigError, DataFormatError, DataNotFoundError
-from tests.conftest import toy_tagged_sentences
+from tests.conftest import make_tiny_ud, toy_tagged_sentences, write_conllu
 
 # Two sentences as UD writes them: comments, a multiword token ("don't" = do + n't) and an
 # empty node (8.1), which are not words to tag.
@@ -118,6 +118,27 @@ def test_ud_datamodule_on_tiny_files(tiny_ud: Path) -> None:
         assert int(batch.word_ids[i][real].max()) == len(words) - 1
         assert (batch.word_ids[i][~real] == -1).all()
     assert sum(len(b.words) for b in dm.train_dataloader()) == 240
+
+
+def test_ud_batches_mark_the_words_training_never_has(tmp_path: Path) -> None:
+    root = make_tiny_ud(tmp_path, sizes=(40, 8, 8))
+    novel = [("the", "DET"), ("zebra", "NOUN"), ("sees", "VERB"), ("Zebra", "PROPN")]
+    dev = root / "ud_english_ewt" / "en_ewt-ud-dev.conllu.gz"
+    write_conllu(dev, [novel, *toy_tagged_sentences(3, seed=1)])
+    dm = UDDataModule(data_dir=str(root), vocab_size=60, batch_size=8, eval_batch_size=16)
+    dm.prepare_data()
+    dm.setup()
+    training_words = {w for s in dm.sentences("train") for w in s.words}
+    for split, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader())):
+        for batch in loader:
+            assert batch.unseen.shape == batch.tags.shape
+            for i, words in enumerate(batch.words):
+                expected = [w not in training_words for w in words]
+                assert batch.unseen[i, : len(words)].tolist() == expected, split
+                assert not batch.unseen[i, len(words) :].any()  # padding is not a word
+    (batch,) = list(dm.val_dataloader())
+    row = batch.words.index([w for w, _ in novel])
+    assert batch.unseen[row, :4].tolist() == [False, True, False, True]  # forms, case and all
 
 
 def test_ud_unknown_upos_tag_names_file_and_line(tmp_path: Path, tiny_ud: Path) -> None:

@@ -4,6 +4,7 @@ learning a toy tagging task, and the ``tag`` and ``classify`` commands on traine
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attention_lab import classify, tag
+from attention_lab.data.ud import IGNORE_INDEX
 from attention_lab.models.text import (
     TransformerTagger,
     TransformerTextClassifier,
     word_pooling_matrix,
 )
 from attention_lab.nn.attention import ATTENTION_KINDS
+from attention_lab.tasks.text import TokenClassificationTask
 from attention_lab.training import train
 from tests.conftest import CONF_DIR, ComposeFn
 
@@ -179,3 +182,24 @@ def test_classify_command_prints_label_and_probability(
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert [label for label, _ in rows] == ["positive", "negative"]
     assert all(0.5 <= float(p) <= 1.0 for _, p in rows)
+
+
+def test_accuracy_on_unseen_words_counts_only_them() -> None:
+    class Fixed(torch.nn.Module):  # predicts tag 0 for every word
+        def forward(self, ids: torch.Tensor, word_ids: torch.Tensor, n_words: int) -> torch.Tensor:
+            logits = torch.zeros(ids.size(0), n_words, 3)
+            logits[..., 0] = 1.0
+            return logits
+
+    task = TokenClassificationTask(Fixed(), partial(torch.optim.SGD, lr=0.1), num_tags=3)
+    ids = torch.ones(2, 4, dtype=torch.long)
+    tags = torch.tensor([[0, 1, 0], [2, 0, IGNORE_INDEX]])  # the last word is padding
+    unseen = torch.tensor([[True, True, False], [True, False, True]])
+    batch = (ids, torch.zeros(2, 4, dtype=torch.long), tags, [["a"] * 3, ["b"] * 2], unseen)
+    for _ in range(2):  # two batches of one epoch
+        task._step(batch, "test")
+    # Unseen real words: tags 0, 1, 2 (padding's True ignored), of which tag 0 is right.
+    assert task.unseen_accuracy("test") == pytest.approx(1 / 3)
+    assert task.unseen_accuracy("test") is None  # counts reset; no batch since
+    task._step(batch[:4], "test")  # batches that do not say which words are unseen
+    assert task.unseen_accuracy("test") is None

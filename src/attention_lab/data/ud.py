@@ -134,24 +134,41 @@ class TaggingBatch(NamedTuple):
     word_ids: Tensor  # (B, T) the word of each piece; -1 for <cls> and padding
     tags: Tensor  # (B, W) a tag index per word, IGNORE_INDEX for padding
     words: list[list[str]]
+    unseen: Tensor  # (B, W) True where the word's form never occurs in the training split
+
+
+# One sentence: pieces, word index per piece, tags, words, and which words training never saw.
+TaggedItem = tuple[Tensor, Tensor, Tensor, list[str], Tensor]
 
 
 class TaggingDataset(Dataset):
     """Sentences as piece ids, word indices and tag indices."""
 
     def __init__(
-        self, ids: list[list[int]], word_ids: list[list[int]], tags: list[list[int]], words
+        self,
+        ids: list[list[int]],
+        word_ids: list[list[int]],
+        tags: list[list[int]],
+        words: list[list[str]],
+        known_words: set[str] | frozenset[str],
     ) -> None:
         self.ids = [torch.tensor(i, dtype=torch.long) for i in ids]
         self.word_ids = [torch.tensor(w, dtype=torch.long) for w in word_ids]
         self.tags = [torch.tensor(t, dtype=torch.long) for t in tags]
         self.words = words
+        self.unseen = [torch.tensor([w not in known_words for w in ws]) for ws in words]
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor, list[str]]:
-        return self.ids[index], self.word_ids[index], self.tags[index], self.words[index]
+    def __getitem__(self, index: int) -> TaggedItem:
+        return (
+            self.ids[index],
+            self.word_ids[index],
+            self.tags[index],
+            self.words[index],
+            self.unseen[index],
+        )
 
     @property
     def lengths(self) -> list[int]:
@@ -159,15 +176,16 @@ class TaggingDataset(Dataset):
         return [len(i) for i in self.ids]
 
 
-def collate_tagged(items: list[tuple[Tensor, Tensor, Tensor, list[str]]]) -> TaggingBatch:
-    """Pad pieces with <pad> (word -1) and tags with ``IGNORE_INDEX``."""
-    ids, word_ids, tags, words = zip(*items, strict=True)
+def collate_tagged(items: list[TaggedItem]) -> TaggingBatch:
+    """Pad pieces with <pad> (word -1), tags with ``IGNORE_INDEX`` and ``unseen`` with False."""
+    ids, word_ids, tags, words, unseen = zip(*items, strict=True)
     pad = torch.nn.utils.rnn.pad_sequence
     return TaggingBatch(
         ids=pad(list(ids), batch_first=True, padding_value=PAD_ID),  # (B, T)
         word_ids=pad(list(word_ids), batch_first=True, padding_value=-1),  # (B, T)
         tags=pad(list(tags), batch_first=True, padding_value=IGNORE_INDEX),  # (B, W)
         words=list(words),
+        unseen=pad(list(unseen), batch_first=True, padding_value=False),  # (B, W)
     )
 
 
@@ -311,6 +329,7 @@ class UDDataModule(TextDataModule):
         if self.datasets:
             return
         index = {name: i for i, name in enumerate(self.tag_names)}
+        known_words = frozenset(w for s in self.sentences("train") for w in s.words)
         for split in SPLITS:
             sentences = self.sentences(split)
             ids, word_ids = encode_sentences(self.tokenizer, [s.words for s in sentences])
@@ -323,4 +342,4 @@ class UDDataModule(TextDataModule):
                     )
             tags = [[index[t] for t in s.tags] for s in sentences]
             words = [s.words for s in sentences]
-            self.datasets[split] = TaggingDataset(ids, word_ids, tags, words)
+            self.datasets[split] = TaggingDataset(ids, word_ids, tags, words, known_words)

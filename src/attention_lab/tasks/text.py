@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, SumMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -133,8 +133,10 @@ class TokenClassificationTask(_TextTask):
     """Cross-entropy on a tag per word (padding ignored) for a ``TransformerTagger``.
 
     Logs ``{train,val,test}/loss``, ``{train,val,test}/acc`` (the fraction of words tagged
-    right), ``{val,test}/f1`` (macro-F1 over the tags) and ``val/acc_best``. At test it draws
-    the per-tag confusion matrix (rows: gold, columns: predicted, each row normalised) to
+    right), ``{val,test}/f1`` (macro-F1 over the tags), ``{val,test}/acc_unseen`` (accuracy on
+    the words whose form the training split never has, when the batches say which:
+    ``TaggingBatch.unseen``) and ``val/acc_best``. At test it draws the per-tag confusion matrix
+    (rows: gold, columns: predicted, each row normalised) to
     ``<run dir>/confusion/test.png`` and to W&B.
     """
 
@@ -151,6 +153,9 @@ class TokenClassificationTask(_TextTask):
         self.val_f1 = MulticlassF1Score(num_tags, average="macro", ignore_index=IGNORE_INDEX)
         self.test_f1 = MulticlassF1Score(num_tags, average="macro", ignore_index=IGNORE_INDEX)
         self.test_confusion = MulticlassConfusionMatrix(num_tags, ignore_index=IGNORE_INDEX)
+        for split in ("val", "test"):  # unseen words tagged right, and all unseen words
+            setattr(self, f"{split}_unseen_right", SumMetric())
+            setattr(self, f"{split}_unseen_words", SumMetric())
 
     def forward(self, ids: Tensor, word_ids: Tensor, n_words: int) -> Tensor:
         """ids, word_ids: (B, T) -> logits (B, W, num_tags)."""
@@ -168,9 +173,34 @@ class TokenClassificationTask(_TextTask):
             self.log(f"{split}/f1", f1, on_step=False, on_epoch=True)
         if split == "test":
             self.test_confusion(logits, targets)
+        if split != "train" and len(batch) > 4:
+            unseen = batch[4].flatten() & (targets != IGNORE_INDEX)  # (B*W,)
+            right = unseen & (logits.argmax(dim=-1) == targets)  # (B*W,)
+            getattr(self, f"{split}_unseen_right").update(right.sum())
+            getattr(self, f"{split}_unseen_words").update(unseen.sum())
         return loss
 
+    def unseen_accuracy(self, split: str) -> float | None:
+        """Accuracy on the words unseen in training over the epoch of ``split`` (None when
+        there were none), and the counts reset for the next epoch."""
+        right, words = (getattr(self, f"{split}_unseen_{name}") for name in ("right", "words"))
+        total = float(words.compute()) if words.update_called else 0.0
+        accuracy = float(right.compute()) / total if total else None
+        right.reset()
+        words.reset()
+        return accuracy
+
+    def _log_unseen_accuracy(self, split: str) -> None:
+        accuracy = self.unseen_accuracy(split)
+        if accuracy is not None:
+            self.log(f"{split}/acc_unseen", accuracy)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_unseen_accuracy("val")
+
     def on_test_epoch_end(self) -> None:
+        self._log_unseen_accuracy("test")
         matrix = self.test_confusion.compute().cpu()  # (K, K), rows gold, columns predicted
         self.test_confusion.reset()
         if not self.trainer.is_global_zero:
