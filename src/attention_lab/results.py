@@ -48,7 +48,12 @@ RECORD_FILES = (METRICS_FILE, HISTORY_FILE, ".hydra/config.yaml", ".hydra/overri
 # Overrides that do not change the recipe: the attention kind and seed are columns or
 # aggregated over; the rest only say where a run writes, logs or resumes from.
 BOOKKEEPING = ("model.attention", "seed", "ckpt_path", "tags", "hydra.", "logger", "paths.")
-BOOKKEEPING_EXACT = ("data.data_dir", "data.num_workers", "trainer.enable_progress_bar")
+BOOKKEEPING_EXACT = (
+    "data.data_dir",
+    "data.num_workers",
+    "data.tokenizer_dir",
+    "trainer.enable_progress_bar",
+)
 # Names a variant's runs apart (so that a report groups them); not a change of recipe.
 RENAME = "experiment_name"
 
