@@ -327,6 +327,7 @@ class TestBuildAttention:
             ("scratch", "explicit"),
             ("scratch_fused", "fused"),
             ("scratch_flash", "flash"),
+            ("scratch_triton", "triton"),
         ]:
             assert isinstance(modules[kind], MultiHeadAttention)
             assert modules[kind].kernel == kernel and modules[kind].batch_first
@@ -335,13 +336,12 @@ class TestBuildAttention:
         assert set(counts.values()) == {4 * 32 * 32 + 4 * 32}
 
     def test_unknown_kind_names_the_choices(self) -> None:
-        with pytest.raises(
-            ValueError, match=r"attention='flash' .* scratch, scratch_fused, scratch_flash, torch"
-        ):
+        choices = "scratch, scratch_fused, scratch_flash, scratch_triton, torch"
+        with pytest.raises(ValueError, match=rf"attention='flash' .* {choices}"):
             build_attention("flash", d_model=8, n_heads=2)
 
     def test_unknown_kernel_and_bad_block_sizes_name_the_argument(self) -> None:
-        with pytest.raises(ValueError, match="kernel='triton' is not known"):
-            MultiHeadAttention(8, 2, kernel="triton")
+        with pytest.raises(ValueError, match="kernel='cuda' is not known"):
+            MultiHeadAttention(8, 2, kernel="cuda")
         with pytest.raises(ValueError, match="block_q=0 must be a positive integer"):
             MultiHeadAttention(8, 2, kernel="flash", block_q=0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attention_lab.bench import SIZED_MODELS, _saved_bytes, _sized_model, main
-from attention_lab.nn.attention import ATTENTION_KINDS
+from attention_lab.nn.attention import PORTABLE_KINDS
 
 
 def _table(path: Path, keys: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, str]]:
@@ -57,13 +57,15 @@ def test_attention_benchmark_writes_table_csv_and_plot(tmp_path: Path) -> None:
         "--min-time",
         "0.01",
     ]
-    main([*args, "--masks", "none", "causal"])
+    main([*args, "--masks", "none", "causal", "--sdpa-backends", "math", "flash"])
     rows = _table(tmp_path / "attention.md", ("mask", "T", "kind"))
+    # On the CPU: every kind but scratch_triton (Triton's interpreter is for tests, not timing).
+    kinds = [*PORTABLE_KINDS, "scratch_fused[math]", "scratch_fused[flash]"]
     assert set(rows) == {
         (mask, length, kind)
         for mask in ("none", "causal")
         for length in ("16", "128")
-        for kind in ATTENTION_KINDS
+        for kind in kinds
     }
     assert (tmp_path / "attention.png").stat().st_size > 0
     assert (tmp_path / "attention.csv").read_text().startswith("dtype,mask,seq_len,kind")
@@ -75,6 +77,8 @@ def test_attention_benchmark_writes_table_csv_and_plot(tmp_path: Path) -> None:
     # and ours saves what nn.MultiheadAttention saves.
     assert saved_mib("scratch") > saved_mib("scratch_fused")
     assert saved_mib("scratch") > saved_mib("scratch_flash")
+    # Held to PyTorch's math backend, scratch_fused keeps the weights too; to its flash one, not.
+    assert saved_mib("scratch_fused[math]") > saved_mib("scratch_fused[flash]")
     for mask in ("none", "causal"):
         assert saved_mib("scratch_flash", mask) == pytest.approx(saved_mib("torch", mask), rel=0.05)
 
@@ -123,7 +127,7 @@ def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:
         ]
     )
     table = _train_table(tmp_path / "train.md")
-    assert set(table) == {("mnist_encoder", kind, "no") for kind in ATTENTION_KINDS}
+    assert set(table) == {("mnist_encoder", kind, "no") for kind in PORTABLE_KINDS}
     torch_row = table["mnist_encoder", "torch", "no"]
     assert torch_row["vs torch"] == "1.00x" and torch_row["memory vs torch"] == "1.00x"
     for (_, kind, _), row in table.items():
@@ -265,7 +269,7 @@ def test_inference_benchmark_writes_its_own_table(tmp_path: Path) -> None:
     )
     assert not (tmp_path / "train.md").exists()  # a training table is not overwritten
     table = _train_table(tmp_path / "inference.md")
-    assert set(table) == {("vit_mnist", kind, "no") for kind in ATTENTION_KINDS}
+    assert set(table) == {("vit_mnist", kind, "no") for kind in PORTABLE_KINDS}
     for row in table.values():
         assert float(row["samples/s (median)"]) > 0
         # inference saves nothing for backward

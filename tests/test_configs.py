@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from attention_lab.nn.attention import ATTENTION_KINDS
+from attention_lab.nn.attention import PORTABLE_KINDS
 from attention_lab.training import train
 from tests.conftest import CONF_DIR, ComposeFn, TinyDataFn, run_train_py
 
@@ -65,15 +65,26 @@ def test_there_are_experiments() -> None:
 # kinds compute the same function (tests/test_models.py, test_seq2seq.py, test_text_models.py,
 # test_course.py), so running each experiment four times would add minutes to CI and no check.
 # sst2_bert needs a pretrained checkpoint: tests/test_sst2_bert.py runs it on a tiny random BERT.
+# Without CUDA, scratch_triton runs in Triton's interpreter (one Python pass per program of the
+# kernel's grid), so its step takes batches of 2 (minutes with the experiment's own sizes).
 EXPERIMENT_STEPS = [
-    *((e, "scratch") for e in _experiments() if e != "sst2_bert"),
-    *(("mnist_encoder", kind) for kind in ATTENTION_KINDS if kind != "scratch"),
+    *((e, "scratch", ()) for e in _experiments() if e != "sst2_bert"),
+    *(("mnist_encoder", kind, ()) for kind in PORTABLE_KINDS if kind != "scratch"),
+    ("mnist_encoder", "scratch_triton", ("data.batch_size=2", "data.eval_batch_size=2")),
 ]
 
 
-@pytest.mark.parametrize(("experiment", "attention"), EXPERIMENT_STEPS)
+@pytest.mark.parametrize(
+    ("experiment", "attention", "overrides"),
+    EXPERIMENT_STEPS,
+    ids=[f"{experiment}-{attention}" for experiment, attention, _ in EXPERIMENT_STEPS],
+)
 def test_every_experiment_runs_a_step(
-    compose_config: ComposeFn, tiny_data_for: TinyDataFn, experiment: str, attention: str
+    compose_config: ComposeFn,
+    tiny_data_for: TinyDataFn,
+    experiment: str,
+    attention: str,
+    overrides: tuple[str, ...],
 ) -> None:
     data_dir, data_setting, metric, top = tiny_data_for(compose_config(f"experiment={experiment}"))
     cfg = compose_config(
@@ -82,6 +93,7 @@ def test_every_experiment_runs_a_step(
         "debug=fast_dev_run",
         "logger=csv",
         data_setting,
+        *overrides,
         data_dir=data_dir,
     )
     assert cfg.experiment_name == experiment

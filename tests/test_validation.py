@@ -133,6 +133,17 @@ def test_every_config_problem_is_reported_at_once(compose_config: ComposeFn) -> 
     assert [line.split("=")[0] for line in lines] == ["seed", "trainer.precision", "ckpt_path"]
 
 
+def test_triton_attention_on_the_cpu_is_refused_before_any_work(
+    compose_config: ComposeFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # conftest turns the interpreter on
+    cfg = compose_config("model.attention=scratch_triton", "trainer.accelerator=cpu")
+    with pytest.raises(ConfigError, match=r"scratch_triton runs a Triton kernel.*scratch_flash"):
+        attention_lab.config.validate(cfg)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    attention_lab.config.validate(cfg)  # the interpreter runs it (slowly)
+
+
 def test_full_disk_is_reported_at_start(
     compose_config: ComposeFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,9 @@
   memory: peak allocated on a GPU; on the CPU, where no allocator reports a peak, the bytes
   autograd saves for the backward pass (exact, and the part that differs between kinds: the
   explicit path keeps the (B, H, T, S) weights). ``nn.MultiheadAttention`` gets the causal mask
-  with its ``is_causal`` hint; ours get ``is_causal`` alone.
+  with its ``is_causal`` hint; ours get ``is_causal`` alone. ``--sdpa-backends flash efficient``
+  adds ``scratch_fused`` held to each of PyTorch's backends: the kernels to measure our
+  FlashAttention (``scratch_flash``, ``scratch_triton``) against.
 - ``flash-blocks``: ``scratch_flash`` over a grid of (block_q, block_k): how its default block
   sizes were chosen.
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
@@ -32,6 +34,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,12 +45,14 @@ from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils import benchmark
 
 from attention_lab.data.ud import UPOS_TAGS
 from attention_lab.models import Bert, BertSentimentClassifier, VisionTransformer
 from attention_lab.nn.attention import (
     ATTENTION_KINDS,
+    PORTABLE_KINDS,
     MultiHeadAttention,
     build_attention,
     causal_mask,
@@ -61,6 +66,12 @@ from attention_lab.training import (
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 
 
 def _median_time(step: Callable[[], None], min_time_s: float) -> float:
@@ -104,6 +115,14 @@ def _attention_forward(
         return layer(x, x, x, need_weights=False, **masks)[0]  # (B, T, E)
 
 
+def _attention_entries(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """(row name, attention kind, SDPA backend or None): the kinds, then ``scratch_fused`` held
+    to each of ``--sdpa-backends`` (``scratch_fused[flash]``: PyTorch's FlashAttention kernel
+    behind our projections, the comparison for scratch_flash and scratch_triton)."""
+    entries = [(kind, kind, None) for kind in args.kinds]
+    return entries + [(f"scratch_fused[{b}]", "scratch_fused", b) for b in args.sdpa_backends]
+
+
 def _attention_step(forward: Callable[[], torch.Tensor]) -> None:
     forward().float().square().mean().backward()
 
@@ -117,8 +136,8 @@ def bench_attention(args: argparse.Namespace) -> list[dict]:
             for seq_len in args.seq_lens:
                 x = torch.randn(args.batch, seq_len, args.d_model, device=device)
                 for repeat in range(args.repeats):
-                    for kind in args.kinds:  # interleaved, so drifts hit every kind alike
-                        torch.manual_seed(0)
+                    for name, kind, backend in _attention_entries(args):  # interleaved, so
+                        torch.manual_seed(0)  # drifts hit every kind alike
                         layer = build_attention(kind, d_model=args.d_model, n_heads=args.heads)
                         forward = partial(
                             _attention_forward,
@@ -128,13 +147,14 @@ def bench_attention(args: argparse.Namespace) -> list[dict]:
                             DTYPES[dtype_name],
                             mask == "causal",
                         )
-                        seconds, memory = _time_and_memory(forward, device, args.min_time)
+                        with sdpa_kernel(SDPA_BACKENDS[backend]) if backend else nullcontext():
+                            seconds, memory = _time_and_memory(forward, device, args.min_time)
                         rows.append(
                             {
                                 "dtype": dtype_name,
                                 "mask": mask,
                                 "seq_len": seq_len,
-                                "kind": kind,
+                                "kind": name,
                                 "repeat": repeat,
                                 "ms": 1000 * seconds,
                                 "memory_mib": memory / 2**20,
@@ -554,9 +574,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--kinds",
         nargs="+",
-        default=list(ATTENTION_KINDS),
         choices=ATTENTION_KINDS,
-        help="attention, train: attention kinds to measure",
+        help="attention, train: attention kinds to measure (default: all; on the CPU all but "
+        "scratch_triton, whose CPU interpreter is for tests, not timing)",
+    )
+    parser.add_argument(
+        "--sdpa-backends",
+        nargs="*",
+        default=[],
+        choices=sorted(SDPA_BACKENDS),
+        help="attention: also scratch_fused held to each of these F.scaled_dot_product_attention "
+        "backends (flash and efficient need a GPU)",
     )
     parser.add_argument(
         "--masks",
@@ -594,6 +622,8 @@ def main(argv: list[str] | None = None) -> None:
         "--overrides", nargs="*", default=[], help="Hydra overrides, e.g. data.batch_size=256"
     )
     args = parser.parse_args(argv)
+    if args.kinds is None:
+        args.kinds = list(ATTENTION_KINDS if args.device.startswith("cuda") else PORTABLE_KINDS)
     if args.experiments is None:
         args.experiments = ["mnist_encoder", "vit_mnist"]
         if args.what == "train":

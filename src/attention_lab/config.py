@@ -8,7 +8,7 @@ Every problem found is reported, one line each, naming the key to change, and th
 with status 2 before training. What a user sees, setting by setting:
 
     - `model.attention=flash`: model.attention='flash' is not a known attention kind; choose one
-      of scratch, scratch_fused, scratch_flash, torch
+      of scratch, scratch_fused, scratch_flash, scratch_triton, torch
     - `model.n_heads=3`: model.d_model=64 is not divisible by n_heads=3: each head gets d_model
       / n_heads features
     - `model.tokens=patches model.patch_size=5`: model.patch_size=5 does not divide
@@ -16,6 +16,9 @@ with status 2 before training. What a user sees, setting by setting:
     - `model=vit model.class_token=false` (pooling stays `cls`): model.pooling='cls' needs the
       class token, but class_token=false; set class_token=true or pooling=mean
     - `model.d_model=0`: model.d_model=0 must be positive
+    - `model.attention=scratch_triton` on a CPU: model.attention=scratch_triton runs a Triton
+      kernel, which needs a CUDA GPU (trainer=gpu); on the CPU choose
+      model.attention=scratch_flash ..., or set TRITON_INTERPRET=1 ...
     - `data.batch_size=0`: data.batch_size=0 and data.eval_batch_size=512 must be positive
     - `callbacks.attention_maps.num_samples=64 data.eval_batch_size=8`:
       callbacks.attention_maps.num_samples=64 but the first evaluation batch has only 8 samples;
@@ -95,6 +98,7 @@ def validate(cfg: DictConfig) -> None:
         *_trainer_problems(cfg.get("trainer") or {}),
         _output_dir_problem(Path(cfg.paths.output_dir)),
         _checkpoint_problem(cfg.get("ckpt_path"), cfg.paths.checkpoint_dir),
+        _triton_problem(cfg),
     ]
     problems = [problem for problem in problems if problem is not None]
     if problems:
@@ -139,6 +143,25 @@ def _accelerator_problem(accelerator: Any) -> str | None:
         return (
             f"trainer.accelerator={accelerator} is not available on this machine; "
             f"use trainer.accelerator=cpu (or auto)"
+        )
+    return None
+
+
+def _triton_problem(cfg: DictConfig) -> str | None:
+    """scratch_triton needs triton, and a CUDA GPU unless Triton's CPU interpreter is on."""
+    if (cfg.get("model") or {}).get("attention") != "scratch_triton":
+        return None
+    from attention_lab.nn import triton_flash
+
+    if problem := triton_flash.available():
+        return problem
+    accelerator = (cfg.get("trainer") or {}).get("accelerator", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not CUDAAccelerator.is_available())
+    if on_cpu and not triton_flash.interpreted():
+        return (
+            "model.attention=scratch_triton runs a Triton kernel, which needs a CUDA GPU "
+            "(trainer=gpu); on the CPU choose model.attention=scratch_flash (the same algorithm "
+            "in PyTorch), or set TRITON_INTERPRET=1 to run it in Triton's interpreter (slow)"
         )
     return None
 

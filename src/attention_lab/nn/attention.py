@@ -26,9 +26,17 @@ from torch import Tensor, nn
 
 from attention_lab.nn.flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, flash_attention
 
-ATTENTION_KINDS = ("scratch", "scratch_fused", "scratch_flash", "torch")
-KERNELS = ("explicit", "fused", "flash")  # how MultiHeadAttention computes the attention itself
-_KERNEL_OF_KIND = {"scratch": "explicit", "scratch_fused": "fused", "scratch_flash": "flash"}
+ATTENTION_KINDS = ("scratch", "scratch_fused", "scratch_flash", "scratch_triton", "torch")
+# scratch_triton is a Triton kernel: it runs on a CUDA GPU, or slowly in Triton's CPU interpreter
+# (TRITON_INTERPRET=1); every other kind runs anywhere.
+PORTABLE_KINDS = tuple(kind for kind in ATTENTION_KINDS if kind != "scratch_triton")
+KERNELS = ("explicit", "fused", "flash", "triton")  # how MultiHeadAttention computes attention
+_KERNEL_OF_KIND = {
+    "scratch": "explicit",
+    "scratch_fused": "fused",
+    "scratch_flash": "flash",
+    "scratch_triton": "triton",
+}
 
 
 def scaled_dot_product_attention(
@@ -152,10 +160,12 @@ class MultiHeadAttention(nn.Module):
         "explicit"  this module's ``scaled_dot_product_attention``   (model.attention=scratch)
         "fused"     PyTorch's ``F.scaled_dot_product_attention``    (scratch_fused)
         "flash"     our blockwise ``flash.flash_attention``           (scratch_flash)
-    "fused" and "flash" never form the weights; when ``need_weights`` asks for them, the call
-    takes the explicit path. On the CPU, PyTorch has no fused kernel with dropout: "fused" in
-    training with ``dropout > 0`` runs PyTorch's own explicit math, as ``nn.MultiheadAttention``
-    does then too. ``block_q`` and ``block_k`` are the flash kernel's block sizes.
+        "triton"    the same, as our Triton kernel ``triton_flash``      (scratch_triton)
+    "fused", "flash" and "triton" never form the weights; when ``need_weights`` asks for them,
+    the call takes the explicit path. On the CPU, PyTorch has no fused kernel with dropout:
+    "fused" in training with ``dropout > 0`` runs PyTorch's own explicit math, as
+    ``nn.MultiheadAttention`` does then too. ``block_q`` and ``block_k`` are the flash kernel's
+    block sizes.
 
     Query rows with no allowed key (every key masked) give a zero attention output on every kernel
     here; ``nn.MultiheadAttention`` gives NaN for them when it returns weights and in its eval
@@ -190,6 +200,11 @@ class MultiHeadAttention(nn.Module):
             )
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r} is not known; choose one of {', '.join(KERNELS)}")
+        if kernel == "triton":
+            from attention_lab.nn import triton_flash
+
+            if problem := triton_flash.available():
+                raise ValueError(problem)
         for name, size in (("block_q", block_q), ("block_k", block_k)):
             if not isinstance(size, int) or size <= 0:
                 raise ValueError(f"{name}={size!r} must be a positive integer (a number of rows)")
@@ -300,17 +315,17 @@ class MultiHeadAttention(nn.Module):
 
         if key.size(0) != batch:
             raise ValueError(f"query holds {batch} sequences but key {key.size(0)}")
-        # The flash and fused kernels take causality as a flag and skip the blocks it hides;
-        # every other path gets the mask. Extra keys (bias_kv, zero_attn) are appended after the
-        # source positions and stay visible to all queries, so they need the mask too. PyTorch's
-        # kernel takes the flag only without any other mask.
+        # The flash, Triton and fused kernels take causality as a flag and skip the blocks it
+        # hides; every other path gets the mask. Extra keys (bias_kv, zero_attn) are appended
+        # after the source positions and stay visible to all queries, so they need the mask too.
+        # PyTorch's kernel takes the flag only without any other mask.
         kernel_causal = (
             is_causal
             and not need_weights
             and self.bias_k is None
             and not self.add_zero_attn
             and (
-                self.kernel == "flash"
+                self.kernel in ("flash", "triton")
                 or (self.kernel == "fused" and attn_mask is None and key_padding_mask is None)
             )
         )
@@ -346,6 +361,12 @@ class MultiHeadAttention(nn.Module):
         elif self.kernel == "fused":
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=kernel_causal
+            )  # (B, H, T, D)
+        elif self.kernel == "triton":
+            from attention_lab.nn.triton_flash import triton_flash_attention
+
+            out = triton_flash_attention(
+                q, k, v, mask, causal=kernel_causal, dropout_p=dropout_p
             )  # (B, H, T, D)
         else:
             out = flash_attention(
@@ -417,7 +438,8 @@ def build_attention(
 
     ``scratch``: this module's explicit math; ``scratch_fused``: the same module with PyTorch's
     fused kernel when weights are not needed; ``scratch_flash``: the same module with our
-    hand-written FlashAttention (``flash.py``) when weights are not needed; ``torch``:
+    hand-written FlashAttention (``flash.py``) when weights are not needed; ``scratch_triton``:
+    the same with our Triton kernel (``triton_flash.py``; a CUDA GPU); ``torch``:
     ``nn.MultiheadAttention``. All are built batch-first with the same parameters, so any can
     replace another.
     """

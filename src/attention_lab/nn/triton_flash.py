@@ -1,0 +1,449 @@
+"""FlashAttention as a hand-written Triton kernel (``model.attention=scratch_triton``).
+
+``flash.py`` writes FlashAttention-2 in PyTorch tensor operations: every block product is a
+kernel launch from Python, and the (B_r, B_c) scores of a block still go through the GPU's main
+memory. This file is the same algorithm as the papers run it: one Triton program per (query
+block, batch x head) keeps Q_i, the running max m_i, sum l_i and output O_i in registers and
+on-chip memory while it walks over the key blocks, so the scores never leave the chip. Read
+``flash.py`` first: the notation, the masking rules, the empty-row convention (output 0, L = +inf)
+and the dropout hash are the same, and so are the numbers (the tests compare the two, dropout
+masks included, bit for bit in the masks).
+
+Three kernels:
+    _forward         grid (T / B_r, B H): O_i and L_i for one query block      (Algorithm 1)
+    _backward_dk_dv  grid (S / B_c, B H): dK_j, dV_j for one key block, over query blocks
+    _backward_dq     grid (T / B_r, B H): dQ_i for one query block, over key blocks
+The backward is split in two, as FlashAttention-2 does, so that every program writes only the
+rows it owns (no atomic adds); each recomputes P_ij = exp(scale Q_i K_j^T - L_i).
+D_i = rowsum(dO_i * O_i) is one PyTorch line before them.
+
+Where it runs: a CUDA GPU (Triton compiles the kernels), or the CPU under Triton's interpreter
+(``TRITON_INTERPRET=1`` in the environment before Python starts), which executes the same code
+with NumPy, slowly: that is how the CPU-only test suite covers these kernels. Masks: any bool or
+float mask broadcastable to (B, H, T, S) enters as an additive bias (0 / -inf for bool) read
+through its broadcast strides, so a (B, 1, 1, S) padding mask stays (B, 1, 1, S) in memory.
+Precision: the block products run in the input dtype (fp32 as TF32 only when PyTorch's
+``torch.backends.cuda.matmul.allow_tf32`` allows it), and m, l, O, dQ, dK, dV accumulate in fp32.
+Head sizes up to 256; q, k and v have the same head size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+from attention_lab.nn import flash
+from attention_lab.nn.flash import _check_mask, _empty_output
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton ships with PyTorch's Linux CUDA wheels
+    triton = None
+
+# Block sizes (rows of Q per program, rows of K/V per inner step). 64 x 64 is the common
+# FlashAttention-2 choice for head sizes up to 128 (not tuned here: no GPU has run this yet).
+BLOCK_Q = 64
+BLOCK_K = 64
+MAX_HEAD_DIM = 256
+
+
+def available() -> str | None:
+    """None when the kernels can run here; otherwise why not, naming what to change."""
+    if triton is None:
+        return (
+            "model.attention=scratch_triton needs the triton package, which ships with PyTorch's "
+            "Linux CUDA wheels (pip install triton); choose another model.attention"
+        )
+    return None
+
+
+def interpreted() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def triton_flash_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v by the Triton kernels, without the (T, S) weights.
+
+    q: (B, H, T, d), k, v: (B, H, S, d). mask: bool (True = may attend) or float (added),
+    broadcastable to (B, H, T, S); ``causal`` adds the causal mask (top-left aligned) and skips
+    the blocks it hides. Dropout keeps the entries ``flash.dropout_keep_mask(seed, p, (B, H),
+    ...)`` keeps, so for one seed this kernel and ``flash.flash_attention`` drop the same ones.
+    Returns the output (B, H, T, d).
+    """
+    problem = available()
+    if problem:
+        raise RuntimeError(problem)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"triton_flash_attention takes (B, H, T, d) tensors; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if q.shape[:2] != k.shape[:2] or k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(
+            f"q (B, H, T, d), k and v (B, H, S, d) must share B and H, k and v also S; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if not q.size(-1) == k.size(-1) == v.size(-1) or q.size(-1) > MAX_HEAD_DIM:
+        raise ValueError(
+            f"scratch_triton takes one head size up to {MAX_HEAD_DIM} for q, k and v; got "
+            f"{q.size(-1)}, {k.size(-1)}, {v.size(-1)} (use model.attention=scratch_flash)"
+        )
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"scratch_triton computes in fp32, fp16 or bf16; got {q.dtype} (use "
+            f"model.attention=scratch_flash, or trainer.precision)"
+        )
+    if q.device.type != "cuda" and not interpreted():
+        raise RuntimeError(
+            f"model.attention=scratch_triton runs a Triton kernel: it needs the tensors on a CUDA "
+            f"GPU (trainer=gpu), got {q.device}; on the CPU, set TRITON_INTERPRET=1 in the "
+            f"environment to run it in Triton's interpreter (slow: for tests), or choose "
+            f"model.attention=scratch_flash"
+        )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
+    if mask is not None:
+        _check_mask(mask, q.shape[:-1] + k.shape[-2:-1])
+    if dropout_p > 0.0 and seed is None:
+        seed = int(torch.randint(2**31 - 1, ()).item())
+    return _TritonFlashAttention.apply(q, k, v, mask, causal, dropout_p, seed or 0)
+
+
+def _bias(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
+    """The mask as an fp32 additive bias, expanded (a view, stride 0 where it broadcasts)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, -math.inf)
+    return mask.float().expand(shape)  # (B, H, T, S)
+
+
+class _TritonFlashAttention(torch.autograd.Function):
+    """Launches the kernels; saves Q, K, V, O, L (and the bias), never P."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, causal, dropout_p, seed):
+        batch, heads, tgt_len, head_dim = q.shape
+        src_len = k.size(2)
+        bias = _bias(mask, torch.Size((batch, heads, tgt_len, src_len)))
+        out = _empty_output(q, tgt_len, head_dim)  # (B, H, T, d), heads-inner memory
+        log_sum_exp = q.new_empty(batch * heads, tgt_len, dtype=torch.float32)  # (B H, T): L
+        grid = (triton.cdiv(tgt_len, BLOCK_Q), batch * heads)
+        _forward[grid](
+            q, k, v, out, log_sum_exp,
+            *_strides(q, k, v, out), *_bias_args(bias, q),
+            heads, tgt_len, src_len, 1.0 / math.sqrt(head_dim),
+            _seeded(seed), _keep_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+            **_constants(q, bias, causal, dropout_p),
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, out, log_sum_exp, *(() if bias is None else (bias,)))
+        ctx.settings = (causal, dropout_p, seed)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, log_sum_exp, *maybe_bias = ctx.saved_tensors
+        bias = maybe_bias[0] if maybe_bias else None
+        causal, dropout_p, seed = ctx.settings
+        batch, heads, tgt_len, head_dim = q.shape
+        src_len = k.size(2)
+        grad_out = grad_out.to(q.dtype)  # the products pair it with q, k and v
+        # D_i = rowsum(dO_i * O_i): (B H, T), fp32
+        delta = (grad_out.float() * out.float()).sum(-1).reshape(batch * heads, tgt_len)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        common = (
+            *_strides(q, k, v, grad_out), *_bias_args(bias, q),
+            heads, tgt_len, src_len, 1.0 / math.sqrt(head_dim),
+            _seeded(seed), _keep_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+        )  # fmt: skip
+        constants = _constants(q, bias, causal, dropout_p)
+        _backward_dk_dv[(triton.cdiv(src_len, BLOCK_K), batch * heads)](
+            q, k, v, grad_out, log_sum_exp, delta, grad_k, grad_v,
+            *grad_k.stride(), *grad_v.stride(), *common, **constants,
+        )  # fmt: skip
+        _backward_dq[(triton.cdiv(tgt_len, BLOCK_Q), batch * heads)](
+            q, k, v, grad_out, log_sum_exp, delta, grad_q,
+            *grad_q.stride(), *common, **constants,
+        )  # fmt: skip
+        return grad_q, grad_k, grad_v, None, None, None, None
+
+
+def _strides(*tensors: Tensor) -> tuple[int, ...]:
+    return tuple(s for t in tensors for s in t.stride())
+
+
+def _bias_args(bias: Tensor | None, q: Tensor) -> tuple:
+    """The bias pointer and its four strides (a dummy pointer when there is no mask)."""
+    if bias is None:
+        return (q, 0, 0, 0, 0)
+    return (bias, *bias.stride())
+
+
+def _seeded(seed: int) -> int:
+    """hash(seed ^ golden ratio), the dropout hash's first step (as ``flash.dropout_keep_mask``)."""
+    return int(flash._hash32(torch.tensor((seed & 0xFFFFFFFF) ^ 0x9E3779B9)))
+
+
+def _keep_threshold(p: float) -> int:
+    """An entry is kept when the top 24 bits of its hash fall below this."""
+    return round((1.0 - p) * 2**24)
+
+
+def _constants(q: Tensor, bias: Tensor | None, causal: bool, dropout_p: float) -> dict:
+    tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return {
+        "HEAD_DIM": q.size(-1),
+        "BLOCK_D": max(16, triton.next_power_of_2(q.size(-1))),
+        "BLOCK_M": BLOCK_Q,
+        "BLOCK_N": BLOCK_K,
+        "CAUSAL": causal,
+        "HAS_BIAS": bias is not None,
+        "DROPOUT": dropout_p > 0.0,
+        "PRECISION": "tf32" if tf32 or q.dtype != torch.float32 else "ieee",
+    }
+
+
+# The kernels. Names follow flash.py: rows index queries t, cols keys s, dims a head's features.
+# Tensors are (B, H, L, d) with explicit strides (stride_?b, stride_?h, stride_?l, stride_?d);
+# ``base`` below is a tensor's pointer moved to one batch element and head.
+if triton is not None:
+
+    @triton.jit
+    def _load_block(base, positions, dims, stride_l, stride_d, length, HEAD_DIM: tl.constexpr):
+        """The rows ``positions`` of a (L, d) tensor: (len(positions), BLOCK_D), zeros outside."""
+        inside = (positions[:, None] < length) & (dims[None, :] < HEAD_DIM)
+        ptrs = base + positions[:, None] * stride_l + dims[None, :] * stride_d
+        return tl.load(ptrs, mask=inside, other=0.0)
+
+    @triton.jit
+    def _store_block(base, block, positions, dims, stride_l, stride_d, length, HEAD_DIM):
+        inside = (positions[:, None] < length) & (dims[None, :] < HEAD_DIM)
+        ptrs = base + positions[:, None] * stride_l + dims[None, :] * stride_d
+        tl.store(ptrs, block.to(base.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _hash32(x):
+        """lowbias32 on uint32, the same function as ``flash._hash32``."""
+        x = x ^ (x >> 16)
+        x = x * tl.full([], 0x7FEB352D, tl.uint32)
+        x = x ^ (x >> 15)
+        x = x * tl.full([], 0x846CA68B, tl.uint32)
+        return x ^ (x >> 16)
+
+    @triton.jit
+    def _keep(seeded, bh, rows, cols, threshold):
+        """Z's pattern for rows x cols of head bh: True where dropout keeps the entry."""
+        head_key = _hash32(bh.to(tl.uint32) ^ seeded.to(tl.uint32))
+        row_key = _hash32(head_key ^ rows.to(tl.uint32))  # (BLOCK_M,)
+        bits = _hash32(row_key[:, None] ^ cols[None, :].to(tl.uint32))  # (BLOCK_M, BLOCK_N)
+        return (bits >> 8) < threshold
+
+    @triton.jit
+    def _scores(
+        q, k, bias, stride_bt, stride_bs, rows, cols, tgt_len, src_len, scale,
+        CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """S_ij = scale Q_i K_j^T + bias, fp32, -inf where a query may not attend."""
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_M, BLOCK_N)
+        allowed = cols[None, :] < src_len
+        if CAUSAL:
+            allowed = allowed & (cols[None, :] <= rows[:, None])
+        if HAS_BIAS:
+            inside = (rows[:, None] < tgt_len) & (cols[None, :] < src_len)
+            ptrs = bias + rows[:, None] * stride_bt + cols[None, :] * stride_bs
+            s += tl.load(ptrs, mask=inside, other=0.0)
+        return tl.where(allowed, s, -float("inf"))
+
+    @triton.jit
+    def _block_gradients(
+        q, k, v, grad_out, log_sum_exp, delta, bias, stride_bt, stride_bs,
+        rows, cols, tgt_len, src_len, scale, seeded, bh, threshold, keep_scale,
+        CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """The backward's inner step for block (i, j): P_ij as the forward applied it (dropout
+        included) and dS_ij = P_ij * (dP_ij - D_i), both recomputed from L_i and D_i."""
+        s = _scores(
+            q, k, bias, stride_bt, stride_bs, rows, cols, tgt_len, src_len, scale,
+            CAUSAL, HAS_BIAS, PRECISION,
+        )  # fmt: skip
+        p = tl.exp(s - log_sum_exp[:, None])  # P_ij: (BLOCK_M, BLOCK_N)
+        grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)  # dP_ij
+        applied = p
+        if DROPOUT:
+            keep = _keep(seeded, bh, rows, cols, threshold)
+            applied = tl.where(keep, p * keep_scale, 0.0)
+            grad_p = tl.where(keep, grad_p * keep_scale, 0.0)
+        return applied, p * (grad_p - delta[:, None])
+
+    @triton.jit(do_not_specialize=["seeded"])  # an argument equal to 1 would be constexpr
+    def _forward(
+        Q, K, V, Out, L,
+        stride_qb, stride_qh, stride_ql, stride_qd,
+        stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd,
+        stride_ob, stride_oh, stride_ol, stride_od,
+        Bias, stride_bb, stride_bh, stride_bt, stride_bs,
+        heads, tgt_len, src_len, scale, seeded, threshold, keep_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+        DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """O_i = softmax(S_i.) V and L_i = log sum_j exp S_ij for one query block i."""
+        block, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // heads, bh % heads
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions t
+        dims = tl.arange(0, BLOCK_D)
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        bias = Bias + b * stride_bb + h * stride_bh
+        q = _load_block(  # Q_i: (BLOCK_M, BLOCK_D)
+            Q + b * stride_qb + h * stride_qh, rows, dims, stride_ql, stride_qd, tgt_len, HEAD_DIM
+        )
+
+        m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)  # running row max
+        l_i = tl.zeros([BLOCK_M], tl.float32)  # running row sum
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # unnormalised O_i
+        stop = tl.minimum(src_len, (block + 1) * BLOCK_M) if CAUSAL else src_len
+        for start in range(0, stop, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)  # key positions s
+            k = _load_block(k_base, cols, dims, stride_kl, stride_kd, src_len, HEAD_DIM)  # K_j
+            v = _load_block(v_base, cols, dims, stride_vl, stride_vd, src_len, HEAD_DIM)  # V_j
+            s = _scores(
+                q, k, bias, stride_bt, stride_bs, rows, cols, tgt_len, src_len, scale,
+                CAUSAL, HAS_BIAS, PRECISION,
+            )  # fmt: skip
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            shift = tl.where(m_new == -float("inf"), 0.0, m_new)  # rows with no key yet
+            p = tl.exp(s - shift[:, None])  # P_ij, unnormalised
+            rescale = tl.exp(m_i - shift)  # exp(m_old - m_new)
+            l_i = l_i * rescale + tl.sum(p, axis=1)
+            if DROPOUT:
+                p = tl.where(_keep(seeded, bh, rows, cols, threshold), p * keep_scale, 0.0)
+            acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+
+        empty = l_i == 0.0  # no key was allowed: output 0, L = +inf
+        acc = acc / tl.where(empty, 1.0, l_i)[:, None]
+        out_base = Out + b * stride_ob + h * stride_oh
+        _store_block(out_base, acc, rows, dims, stride_ol, stride_od, tgt_len, HEAD_DIM)
+        log_sum_exp = tl.where(empty, float("inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+        tl.store(L + bh * tgt_len + rows, log_sum_exp, mask=rows < tgt_len)
+
+    @triton.jit(do_not_specialize=["seeded"])  # an argument equal to 1 would be constexpr
+    def _backward_dk_dv(
+        Q, K, V, dO, L, Delta, dK, dV,
+        stride_dkb, stride_dkh, stride_dkl, stride_dkd,
+        stride_dvb, stride_dvh, stride_dvl, stride_dvd,
+        stride_qb, stride_qh, stride_ql, stride_qd,
+        stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd,
+        stride_gb, stride_gh, stride_gl, stride_gd,
+        Bias, stride_bb, stride_bh, stride_bt, stride_bs,
+        heads, tgt_len, src_len, scale, seeded, threshold, keep_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+        DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """dK_j and dV_j for one key block j, summed over the query blocks that see it."""
+        block, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // heads, bh % heads
+        cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # key positions s
+        dims = tl.arange(0, BLOCK_D)
+        q_base = Q + b * stride_qb + h * stride_qh
+        grad_out_base = dO + b * stride_gb + h * stride_gh
+        bias = Bias + b * stride_bb + h * stride_bh
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        k = _load_block(k_base, cols, dims, stride_kl, stride_kd, src_len, HEAD_DIM)  # K_j
+        v = _load_block(v_base, cols, dims, stride_vl, stride_vd, src_len, HEAD_DIM)  # V_j
+
+        grad_k = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        grad_v = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        first = (block * BLOCK_N) // BLOCK_M * BLOCK_M if CAUSAL else 0  # rows above see none
+        for start in range(first, tgt_len, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)  # query positions t
+            q = _load_block(q_base, rows, dims, stride_ql, stride_qd, tgt_len, HEAD_DIM)
+            grad_out = _load_block(
+                grad_out_base, rows, dims, stride_gl, stride_gd, tgt_len, HEAD_DIM
+            )  # dO_i
+            log_sum_exp = tl.load(L + bh * tgt_len + rows, mask=rows < tgt_len, other=float("inf"))
+            delta = tl.load(Delta + bh * tgt_len + rows, mask=rows < tgt_len, other=0.0)
+            applied, grad_s = _block_gradients(
+                q, k, v, grad_out, log_sum_exp, delta, bias, stride_bt, stride_bs,
+                rows, cols, tgt_len, src_len, scale, seeded, bh, threshold, keep_scale,
+                CAUSAL, HAS_BIAS, DROPOUT, PRECISION,
+            )  # fmt: skip
+            # dV_j += P_ij^T dO_i;  dK_j += dS_ij^T Q_i (times scale, once, below)
+            grad_v += tl.dot(
+                tl.trans(applied.to(grad_out.dtype)), grad_out, input_precision=PRECISION
+            )
+            grad_k += tl.dot(tl.trans(grad_s.to(q.dtype)), q, input_precision=PRECISION)
+        grad_k_base = dK + b * stride_dkb + h * stride_dkh
+        grad_v_base = dV + b * stride_dvb + h * stride_dvh
+        _store_block(
+            grad_k_base, grad_k * scale, cols, dims, stride_dkl, stride_dkd, src_len, HEAD_DIM
+        )
+        _store_block(grad_v_base, grad_v, cols, dims, stride_dvl, stride_dvd, src_len, HEAD_DIM)
+
+    @triton.jit(do_not_specialize=["seeded"])  # an argument equal to 1 would be constexpr
+    def _backward_dq(
+        Q, K, V, dO, L, Delta, dQ,
+        stride_dqb, stride_dqh, stride_dql, stride_dqd,
+        stride_qb, stride_qh, stride_ql, stride_qd,
+        stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd,
+        stride_gb, stride_gh, stride_gl, stride_gd,
+        Bias, stride_bb, stride_bh, stride_bt, stride_bs,
+        heads, tgt_len, src_len, scale, seeded, threshold, keep_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+        DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """dQ_i for one query block i, summed over the key blocks it sees."""
+        block, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // heads, bh % heads
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions t
+        dims = tl.arange(0, BLOCK_D)
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        bias = Bias + b * stride_bb + h * stride_bh
+        q = _load_block(
+            Q + b * stride_qb + h * stride_qh, rows, dims, stride_ql, stride_qd, tgt_len, HEAD_DIM
+        )  # Q_i
+        grad_out = _load_block(
+            dO + b * stride_gb + h * stride_gh, rows, dims, stride_gl, stride_gd, tgt_len, HEAD_DIM
+        )  # dO_i
+        log_sum_exp = tl.load(L + bh * tgt_len + rows, mask=rows < tgt_len, other=float("inf"))
+        delta = tl.load(Delta + bh * tgt_len + rows, mask=rows < tgt_len, other=0.0)
+
+        grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        stop = tl.minimum(src_len, (block + 1) * BLOCK_M) if CAUSAL else src_len
+        for start in range(0, stop, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)  # key positions s
+            k = _load_block(k_base, cols, dims, stride_kl, stride_kd, src_len, HEAD_DIM)  # K_j
+            v = _load_block(v_base, cols, dims, stride_vl, stride_vd, src_len, HEAD_DIM)  # V_j
+            _, grad_s = _block_gradients(
+                q, k, v, grad_out, log_sum_exp, delta, bias, stride_bt, stride_bs,
+                rows, cols, tgt_len, src_len, scale, seeded, bh, threshold, keep_scale,
+                CAUSAL, HAS_BIAS, DROPOUT, PRECISION,
+            )  # fmt: skip
+            grad_q += tl.dot(grad_s.to(k.dtype), k, input_precision=PRECISION)  # dQ_i += dS K_j
+        grad_q_base = dQ + b * stride_dqb + h * stride_dqh
+        _store_block(
+            grad_q_base, grad_q * scale, rows, dims, stride_dql, stride_dqd, tgt_len, HEAD_DIM
+        )
