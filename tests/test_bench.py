@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attention_lab.bench import SIZED_MODELS, _saved_bytes, _sized_model, main
+from attention_lab.bench import SIZED_MODELS, _saved_bytes, _sized_model, _step_flops, main
 from attention_lab.nn.attention import PORTABLE_KINDS
 
 
@@ -36,6 +36,12 @@ def test_saved_bytes_counts_each_saved_storage_once() -> None:
     assert _saved_bytes(lambda: (x * x + x * y).sum()) == x.nbytes + y.nbytes
     # Views of one storage hold no more memory than the storage.
     assert _saved_bytes(lambda: (x[:32] * x[32:]).sum()) == x.nbytes
+
+
+def test_step_flops_counts_a_linear_layers_training_step() -> None:
+    """Forward x W^T is 2 B I O FLOPs; backward, the gradients of x and W, twice that."""
+    layer, x = torch.nn.Linear(32, 16, bias=False), torch.randn(8, 32, requires_grad=True)
+    assert _step_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 8 * 32 * 16
 
 
 def test_attention_benchmark_writes_table_csv_and_plot(tmp_path: Path) -> None:
@@ -124,10 +130,18 @@ def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:
             "2",
             "--min-time",
             "0.01",
+            "--peak-tflops",
+            "0.5",
         ]
     )
     table = _train_table(tmp_path / "train.md")
     assert set(table) == {("mnist_encoder", kind, "no") for kind in PORTABLE_KINDS}
+    with (tmp_path / "train.csv").open() as handle:
+        flops = {row["gflop_per_step"] for row in csv.DictReader(handle)}
+    assert len(flops) == 1 and float(flops.pop()) > 0  # the model's FLOPs, whatever the kind
+    for row in table.values():  # MFU: model TFLOP/s over the peak given
+        tflops, mfu = float(row["model TFLOP/s"]), float(row["MFU"].rstrip("%")) / 100
+        assert tflops > 0 and mfu == pytest.approx(tflops / 0.5, rel=0.01, abs=6e-4)
     torch_row = table["mnist_encoder", "torch", "no"]
     assert torch_row["vs torch"] == "1.00x" and torch_row["memory vs torch"] == "1.00x"
     for (_, kind, _), row in table.items():

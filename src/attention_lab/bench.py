@@ -16,10 +16,13 @@
   kind measured in one process, interleaved, several repeats, median reported, with the ratio
   to ``torch``; with ``--compile``, each kind also compiled, with its speed-up over eager; with
   ``--inference``, forward passes in eval mode instead (no dropout, no gradients: where fused
-  kernels run). Besides the experiments, ``bert_base`` and ``vit_b_16`` are models at the sizes
-  of those pretrained checkpoints (random weights, nothing downloaded): BERT-base with the course's
-  sentiment head, fully fine-tuned, on ``--seq-len`` tokens; ViT-B/16 on 224x224 images, 1000
-  classes. Their batch is ``--sized-batch``.
+  kernels run); ``--precision bf16`` runs the forward under autocast. Each row also gives the
+  model's TFLOP/s (FLOPs of one step counted by PyTorch's ``FlopCounterMode`` on the textbook
+  path, over the step time) and MFU, its share of the GPU's peak. Besides the experiments,
+  ``bert_base`` and ``vit_b_16`` are models at the sizes of those pretrained checkpoints (random
+  weights, nothing downloaded): BERT-base with the course's sentiment head, fully fine-tuned, on
+  ``--seq-len`` tokens; ViT-B/16 on 224x224 images, 1000 classes. Their batch is
+  ``--sized-batch``.
 - ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
   augmentation), to compare with what a model consumes.
 
@@ -47,6 +50,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
 
 from attention_lab.data.ud import UPOS_TAGS
 from attention_lab.models import Bert, BertSentimentClassifier, VisionTransformer
@@ -388,15 +392,56 @@ def _sized_step(
     return lambda: F.cross_entropy(net(images), labels), batch, 0
 
 
-def _train_step(loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+def _train_step(
+    loss: Callable[[], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    autocast: torch.dtype | None,
+) -> None:
+    """One optimiser step; the forward under autocast to ``autocast`` (None: fp32), as
+    ``trainer.precision=bf16-mixed`` / ``16-mixed`` run it (16-mixed's loss scaling aside)."""
     optimizer.zero_grad(set_to_none=True)
-    loss().backward()
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        value = loss()
+    value.backward()
     optimizer.step()
 
 
-def _inference_step(loss: Callable[[], torch.Tensor]) -> None:
-    with torch.inference_mode():
+def _inference_step(
+    loss: Callable[[], torch.Tensor], device: torch.device, autocast: torch.dtype | None
+) -> None:
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
+    ):
         loss()
+
+
+# Dense peak TFLOP/s by GPU and precision, from NVIDIA's data sheets (no sparsity; fp32 is the
+# non-tensor-core rate, which PyTorch's default, torch.backends.cuda.matmul.allow_tf32 = False,
+# runs at). The first name contained in torch.cuda.get_device_name() is used.
+PEAK_TFLOPS = {
+    "H100 PCIe": {"fp32": 51.2, "bf16": 756.0, "fp16": 756.0},
+    "H100": {"fp32": 66.9, "bf16": 989.4, "fp16": 989.4},  # SXM
+    "H200": {"fp32": 66.9, "bf16": 989.4, "fp16": 989.4},
+    "A100": {"fp32": 19.5, "bf16": 312.0, "fp16": 312.0},
+}
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    """The device's dense peak for ``precision``, when known (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[precision] for gpu, peaks in PEAK_TFLOPS.items() if gpu in name), None)
+
+
+def _step_flops(step: Callable[[], None]) -> int:
+    """Floating-point operations of one call of ``step``, by PyTorch's FlopCounterMode (matrix
+    products, convolutions and attention kernels; elementwise work is not counted)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def bench_train(args: argparse.Namespace) -> list[dict]:
@@ -408,13 +453,12 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     is also measured compiled with ``torch.compile`` (the first, compiling call is the warm-up).
     """
     device = torch.device(args.device)
+    peak = args.peak_tflops or peak_tflops(device, args.precision)
     rows = []
     for experiment in args.experiments:
-        sized = experiment in SIZED_MODELS
-        cfg = None if sized else _experiment_config(experiment, args.overrides)
-        translation = not sized and "src_vocab_size" in cfg.model
-        text = not sized and "vocab_size" in cfg.model
-        if translation or text:  # the data decide these in a real run; none is read here
+        cfg = None if experiment in SIZED_MODELS else _experiment_config(experiment, args.overrides)
+        words = cfg is not None and ("src_vocab_size" in cfg.model or "vocab_size" in cfg.model)
+        if words:  # the data decide these in a real run; none is read here
             synthetic_data = SimpleNamespace(
                 src_vocab_size=cfg.data.vocab_size,
                 tgt_vocab_size=cfg.data.vocab_size,
@@ -423,50 +467,66 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                 max_len=max(cfg.data.max_len, args.seq_len + 1),
             )
             fill_model_settings_from_data(cfg, synthetic_data)
-        variants = {}
-        for kind in args.kinds:
-            for compiled in (False, True) if args.compile else (False,):
-                torch.manual_seed(0)
-                if sized:
-                    net = _sized_model(experiment, kind).to(device).train()
-                    if compiled:
-                        net.compile()
-                    step_loss = _sized_step(experiment, net, device, args.sized_batch, args.seq_len)
-                else:
-                    cfg.model.attention, cfg.model.compile = kind, compiled
-                    net = build_model(cfg).to(device).train()
-                    if translation:
-                        step_loss = _translation_step(cfg, net, device, args.seq_len)
-                    elif text:
-                        step_loss = _text_step(cfg, net, device, args.seq_len)
-                    else:
-                        step_loss = _classification_step(cfg, net, device)
-                loss, samples, tokens = step_loss
-                if args.inference:
-                    net.eval()  # no dropout: the fused kernels can run
-                    step = partial(_inference_step, loss)
-                    memory = _step_memory(step, None, device, compiled)
-                else:
-                    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-                    step = partial(_train_step, loss, optimizer)
-                    memory = _step_memory(step, loss, device, compiled)
-                variants[kind, compiled] = (step, samples, tokens, memory)
+        variants = {
+            (kind, compiled): _train_variant(args, experiment, cfg, kind, compiled)
+            for kind in args.kinds
+            for compiled in ((False, True) if args.compile else (False,))
+        }
+        # The model's FLOPs per step, counted on the textbook path (what the model computes;
+        # FlashAttention's recomputation and kernels the counter cannot see are not in it).
+        flops = _step_flops(_train_variant(args, experiment, cfg, "scratch", False)[0])
         for repeat in range(args.repeats):
             for (kind, compiled), (step, samples, tokens, memory) in variants.items():
                 seconds = _median_time(step, args.min_time)
+                tflops = flops / seconds / 1e12
                 rows.append(
                     {
                         "experiment": experiment,
                         "kind": kind,
                         "compiled": compiled,
+                        "precision": args.precision,
                         "repeat": repeat,
                         "ms_per_step": 1000 * seconds,
                         "samples_per_s": samples / seconds,
                         "tokens_per_s": tokens / seconds,
                         "memory_mib": memory / 2**20,
+                        "gflop_per_step": flops / 1e9,
+                        "model_tflops": tflops,
+                        "mfu": tflops / peak if peak else math.nan,
                     }
                 )
     return rows
+
+
+def _train_variant(
+    args: argparse.Namespace, experiment: str, cfg: DictConfig | None, kind: str, compiled: bool
+) -> tuple[Callable[[], None], int, int, float]:
+    """One model's step (training, or inference with ``--inference``), the samples and tokens
+    it takes, and the memory it needs. ``cfg`` is the experiment's, None for SIZED_MODELS."""
+    device, autocast = torch.device(args.device), DTYPES[args.precision]
+    torch.manual_seed(0)
+    if cfg is None:
+        net = _sized_model(experiment, kind).to(device).train()
+        if compiled:
+            net.compile()
+        step_loss = _sized_step(experiment, net, device, args.sized_batch, args.seq_len)
+    else:
+        cfg.model.attention, cfg.model.compile = kind, compiled
+        net = build_model(cfg).to(device).train()
+        if "src_vocab_size" in cfg.model:
+            step_loss = _translation_step(cfg, net, device, args.seq_len)
+        elif "vocab_size" in cfg.model:
+            step_loss = _text_step(cfg, net, device, args.seq_len)
+        else:
+            step_loss = _classification_step(cfg, net, device)
+    loss, samples, tokens = step_loss
+    if args.inference:
+        net.eval()  # no dropout: the fused kernels can run
+        step = partial(_inference_step, loss, device, autocast)
+        return step, samples, tokens, _step_memory(step, None, device, compiled)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    step = partial(_train_step, loss, optimizer, device, autocast)
+    return step, samples, tokens, _step_memory(step, loss, device, compiled)
 
 
 def _step_memory(
@@ -495,17 +555,22 @@ def _rate(value: float) -> str:
 def train_table(rows: list[dict]) -> str:
     """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, the range
     over repeats, the ratio to torch (compiled or not alike), for compiled rows the speed-up
-    over eager, and the memory of a step with its ratio to torch."""
+    over eager, the memory of a step with its ratio to torch, and the model's FLOPs per second
+    (its counted FLOPs per step over the median step time) with MFU, their share of the
+    device's peak (where known)."""
     keys = ("experiment", "kind", "compiled")
     rate = _summarise(rows, keys, "samples_per_s")
     low = _summarise(rows, keys, "samples_per_s", min)
     high = _summarise(rows, keys, "samples_per_s", max)
     tokens = _summarise(rows, keys, "tokens_per_s")
     memory = _summarise(rows, keys, "memory_mib")
+    tflops = _summarise(rows, keys, "model_tflops")
+    mfu = _summarise(rows, keys, "mfu")
     lines = [
         "| experiment | kind | compiled | samples/s (median) | samples/s (range) "
-        "| tokens/s (median) | vs torch | vs eager | memory (MiB) | memory vs torch |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tokens/s (median) | vs torch | vs eager | memory (MiB) | memory vs torch "
+        "| model TFLOP/s | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key in sorted(rate):
         experiment, kind, compiled = key
@@ -519,7 +584,8 @@ def train_table(rows: list[dict]) -> str:
         lines.append(
             f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {_rate(rate[key])} "
             f"| {_rate(low[key])}–{_rate(high[key])} | {token_cell} | {vs_torch} | {vs_eager} "
-            f"| {mib_cell} | {mib_ratio} |"
+            f"| {mib_cell} | {mib_ratio} | {tflops[key]:.3g} "
+            f"| {'–' if math.isnan(mfu[key]) else f'{mfu[key]:.1%}'} |"
         )
     return "\n".join(lines)
 
@@ -613,6 +679,17 @@ def main(argv: list[str] | None = None) -> None:
         "--compile", action="store_true", help="train: also measure each kind compiled"
     )
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=sorted(DTYPES),
+        help="train: fp32, or the forward under autocast to bf16 / fp16 (as bf16-mixed, 16-mixed)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="train: the device's peak TFLOP/s at --precision, for MFU (known GPUs: looked up)",
+    )
+    parser.add_argument(
         "--inference",
         action="store_true",
         help="train: measure forward passes in eval mode (no dropout, no gradients) instead",
@@ -653,7 +730,9 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
     (args.out / f"{name}.md").write_text(table + "\n")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"{name} benchmark on {device_name}, {torch.get_num_threads()} threads\n\n{table}")
+    setting = f", {args.precision}" if args.what == "train" else ""
+    print(f"{name} benchmark on {device_name}, {torch.get_num_threads()} threads{setting}\n")
+    print(table)
     print(f"\nWritten to {args.out}/")
 
 
