@@ -7,7 +7,12 @@ checked by the same tests on a GPU, and in every dtype by tests/test_gpu.py.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,8 +55,9 @@ def _explicit(mask, causal, tgt_len, src_len):
     return lambda q, k, v: scaled_dot_product_attention(q, k, v, mask)[0]
 
 
-# (B, H, T, S, d): one block and several, sizes that fill no block, T != S, d not a power of 2.
-SHAPES = [(1, 1, 16, 16, 16), (2, 3, 70, 130, 24), (1, 2, 129, 65, 8)]
+# (B, H, T, S, d): one block and several, sizes that fill no block, T != S, d not a power of 2;
+# d > 128 in fp32 takes 32 x 32 blocks.
+SHAPES = [(1, 1, 16, 16, 16), (2, 3, 70, 130, 24), (1, 2, 129, 65, 8), (1, 1, 70, 40, 200)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -133,6 +139,18 @@ def test_fp16_is_close_to_the_fp32_explicit_path() -> None:
         torch.testing.assert_close(a.grad.float(), b.grad, atol=2e-2, rtol=2e-2)
 
 
+def test_keys_and_values_of_another_dtype_take_the_querys() -> None:
+    """As under autocast, where fp32 bias_k / bias_v appended to half-precision keys make the
+    keys fp32: the products run in q's dtype, the gradients return in each input's own."""
+    q, k, v = _qkv(1, 2, 20, 20, 16, seed=6)
+    half_q = q.detach().half().requires_grad_()
+    out = triton_flash_attention(half_q, k, v)
+    out.float().sum().backward()
+    assert out.dtype == torch.float16 and k.grad.dtype == torch.float32
+    ref = scaled_dot_product_attention(q.detach(), k.detach(), v.detach())[0]
+    torch.testing.assert_close(out.float(), ref, atol=2e-3, rtol=2e-3)
+
+
 def test_as_the_kernel_of_multi_head_attention_it_is_a_drop_in() -> None:
     """kernel="triton" in MultiHeadAttention: the same outputs as the explicit kernel with
     nn.MultiheadAttention's masks (True = ignore), in its (T, B, E) layout, and the explicit
@@ -172,3 +190,28 @@ def test_bad_inputs_name_what_to_change(monkeypatch) -> None:
     cpu = [x.detach().cpu() for x in (q, k, v)]
     with pytest.raises(RuntimeError, match=r"CUDA GPU \(trainer=gpu\).*TRITON_INTERPRET=1"):
         triton_flash_attention(*cpu)
+
+
+HOPPER_SHARED_BYTES = 232448  # the most on-chip memory one program may take on sm_90 (227 KiB)
+
+
+@pytest.mark.slow
+def test_the_kernels_compile_for_hopper_within_its_on_chip_memory(tmp_path: Path) -> None:
+    """Compiled, not run, for sm_90 (tests/triton_compile_check.py): the compiler checks types
+    the interpreter lets pass, and says how much on-chip memory each program needs."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("triton_compile_check.py")
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env | {"TRITON_CACHE_DIR": str(tmp_path)},
+        timeout=900,
+    )
+    if result.returncode == 3:
+        pytest.skip(result.stderr.strip())
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(compiled) == 12  # three kernels in each of four settings
+    for kernel in compiled:
+        assert 0 < kernel["shared_bytes"] <= HOPPER_SHARED_BYTES, kernel

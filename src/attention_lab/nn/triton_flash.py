@@ -10,9 +10,9 @@ and the dropout hash are the same, and so are the numbers (the tests compare the
 masks included, bit for bit in the masks).
 
 Three kernels:
-    _forward         grid (T / B_r, B H): O_i and L_i for one query block      (Algorithm 1)
-    _backward_dk_dv  grid (S / B_c, B H): dK_j, dV_j for one key block, over query blocks
-    _backward_dq     grid (T / B_r, B H): dQ_i for one query block, over key blocks
+    _forward         grid (B H, T / B_r): O_i and L_i for one query block      (Algorithm 1)
+    _backward_dk_dv  grid (B H, S / B_c): dK_j, dV_j for one key block, over query blocks
+    _backward_dq     grid (B H, T / B_r): dQ_i for one query block, over key blocks
 The backward is split in two, as FlashAttention-2 does, so that every program writes only the
 rows it owns (no atomic adds); each recomputes P_ij = exp(scale Q_i K_j^T - L_i).
 D_i = rowsum(dO_i * O_i) is one PyTorch line before them.
@@ -22,13 +22,19 @@ Where it runs: a CUDA GPU (Triton compiles the kernels), or the CPU under Triton
 with NumPy, slowly: that is how the CPU-only test suite covers these kernels. Masks: any bool or
 float mask broadcastable to (B, H, T, S) enters as an additive bias (0 / -inf for bool) read
 through its broadcast strides, so a (B, 1, 1, S) padding mask stays (B, 1, 1, S) in memory.
-Precision: the block products run in the input dtype (fp32 as TF32 only when PyTorch's
+Precision: the block products run in q's dtype (fp32 as TF32 only when PyTorch's
 ``torch.backends.cuda.matmul.allow_tf32`` allows it), and m, l, O, dQ, dK, dV accumulate in fp32.
-Head sizes up to 256; q, k and v have the same head size.
+Exact fp32 products are slow here (compiled for sm_90 they spill registers heavily): on a GPU,
+train in bf16-mixed. Head sizes up to 256; q, k and v have the same head size.
+
+State: checked in the interpreter (tests/test_triton_flash.py) and compiled for sm_90 on a CPU
+with ``triton.compile`` (every dtype, d = 64, 128, 256, masks, dropout: each program fits the
+on-chip memory), but not yet run on a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -44,10 +50,6 @@ try:
 except ImportError:  # pragma: no cover - triton ships with PyTorch's Linux CUDA wheels
     triton = None
 
-# Block sizes (rows of Q per program, rows of K/V per inner step). 64 x 64 is the common
-# FlashAttention-2 choice for head sizes up to 128 (not tuned here: no GPU has run this yet).
-BLOCK_Q = 64
-BLOCK_K = 64
 MAX_HEAD_DIM = 256
 
 
@@ -118,6 +120,9 @@ def triton_flash_attention(
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
     if mask is not None:
         _check_mask(mask, q.shape[:-1] + k.shape[-2:-1])
+    # One dtype for the products, q's, as autocast gives a matmul (fp32 bias_k/bias_v appended
+    # to bf16 keys under autocast make the keys fp32).
+    k, v = k.to(q.dtype), v.to(q.dtype)
     if dropout_p > 0.0 and seed is None:
         seed = int(torch.randint(2**31 - 1, ()).item())
     return _TritonFlashAttention.apply(q, k, v, mask, causal, dropout_p, seed or 0)
@@ -142,14 +147,14 @@ class _TritonFlashAttention(torch.autograd.Function):
         bias = _bias(mask, torch.Size((batch, heads, tgt_len, src_len)))
         out = _empty_output(q, tgt_len, head_dim)  # (B, H, T, d), heads-inner memory
         log_sum_exp = q.new_empty(batch * heads, tgt_len, dtype=torch.float32)  # (B H, T): L
-        grid = (triton.cdiv(tgt_len, BLOCK_Q), batch * heads)
-        _forward[grid](
-            q, k, v, out, log_sum_exp,
-            *_strides(q, k, v, out), *_bias_args(bias, q),
-            heads, tgt_len, src_len, 1.0 / math.sqrt(head_dim),
-            _seeded(seed), _keep_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
-            **_constants(q, bias, causal, dropout_p),
-        )  # fmt: skip
+        settings = _kernel_settings(q, bias, causal, dropout_p)
+        grid = (batch * heads, triton.cdiv(tgt_len, settings["BLOCK_M"]))
+        with _on_device(q):
+            _forward[grid](
+                q, k, v, out, log_sum_exp,
+                *_strides(q, k, v, out), *_bias_args(bias, q),
+                *_sizes_and_dropout(q, k, seed, dropout_p), **settings,
+            )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, log_sum_exp, *(() if bias is None else (bias,)))
         ctx.settings = (causal, dropout_p, seed)
         return out
@@ -159,27 +164,32 @@ class _TritonFlashAttention(torch.autograd.Function):
         q, k, v, out, log_sum_exp, *maybe_bias = ctx.saved_tensors
         bias = maybe_bias[0] if maybe_bias else None
         causal, dropout_p, seed = ctx.settings
-        batch, heads, tgt_len, head_dim = q.shape
-        src_len = k.size(2)
+        batch, heads, tgt_len, _ = q.shape
         grad_out = grad_out.to(q.dtype)  # the products pair it with q, k and v
-        # D_i = rowsum(dO_i * O_i): (B H, T), fp32
+        # D_i = rowsum(dO_i * O_i): (B H, T), fp32, rows contiguous as the kernels index them
         delta = (grad_out.float() * out.float()).sum(-1).reshape(batch * heads, tgt_len)
+        delta = delta.contiguous()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         common = (
             *_strides(q, k, v, grad_out), *_bias_args(bias, q),
-            heads, tgt_len, src_len, 1.0 / math.sqrt(head_dim),
-            _seeded(seed), _keep_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+            *_sizes_and_dropout(q, k, seed, dropout_p),
         )  # fmt: skip
-        constants = _constants(q, bias, causal, dropout_p)
-        _backward_dk_dv[(triton.cdiv(src_len, BLOCK_K), batch * heads)](
-            q, k, v, grad_out, log_sum_exp, delta, grad_k, grad_v,
-            *grad_k.stride(), *grad_v.stride(), *common, **constants,
-        )  # fmt: skip
-        _backward_dq[(triton.cdiv(tgt_len, BLOCK_Q), batch * heads)](
-            q, k, v, grad_out, log_sum_exp, delta, grad_q,
-            *grad_q.stride(), *common, **constants,
-        )  # fmt: skip
+        settings = _kernel_settings(q, bias, causal, dropout_p)
+        with _on_device(q):
+            _backward_dk_dv[(batch * heads, triton.cdiv(k.size(2), settings["BLOCK_N"]))](
+                q, k, v, grad_out, log_sum_exp, delta, grad_k, grad_v,
+                *grad_k.stride(), *grad_v.stride(), *common, **settings,
+            )  # fmt: skip
+            _backward_dq[(batch * heads, triton.cdiv(tgt_len, settings["BLOCK_M"]))](
+                q, k, v, grad_out, log_sum_exp, delta, grad_q,
+                *grad_q.stride(), *common, **settings,
+            )  # fmt: skip
         return grad_q, grad_k, grad_v, None, None, None, None
+
+
+def _on_device(q: Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it q's."""
+    return torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
 
 
 def _strides(*tensors: Tensor) -> tuple[int, ...]:
@@ -193,27 +203,39 @@ def _bias_args(bias: Tensor | None, q: Tensor) -> tuple:
     return (bias, *bias.stride())
 
 
-def _seeded(seed: int) -> int:
-    """hash(seed ^ golden ratio), the dropout hash's first step (as ``flash.dropout_keep_mask``)."""
-    return int(flash._hash32(torch.tensor((seed & 0xFFFFFFFF) ^ 0x9E3779B9)))
+def _sizes_and_dropout(q: Tensor, k: Tensor, seed: int, p: float) -> tuple:
+    """heads, T, S, the scale 1 / sqrt(d), and dropout's hash key, keep threshold and scale."""
+    seeded = int(flash._hash32(torch.tensor((seed & 0xFFFFFFFF) ^ 0x9E3779B9)))  # as flash.py
+    keep_threshold = round((1.0 - p) * 2**24)  # kept when the hash's top 24 bits fall below
+    return (q.size(1), q.size(2), k.size(2), 1.0 / math.sqrt(q.size(-1)), seeded,
+            keep_threshold, 1.0 / (1.0 - p))  # fmt: skip
 
 
-def _keep_threshold(p: float) -> int:
-    """An entry is kept when the top 24 bits of its hash fall below this."""
-    return round((1.0 - p) * 2**24)
-
-
-def _constants(q: Tensor, bias: Tensor | None, causal: bool, dropout_p: float) -> dict:
-    tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+def _kernel_settings(q: Tensor, bias: Tensor | None, causal: bool, dropout_p: float) -> dict:
+    """The kernels' compile-time settings. Block sizes and pipelining depth keep a program's
+    on-chip memory under a Hopper GPU's 227 KiB: 64 x 64 blocks with 3 stages need too much for
+    d = 256 in half precision or d > 64 in fp32 (Triton's figures, compiled for sm_90), so
+    those take fewer stages (and fp32 at d > 128 smaller blocks). Not tuned for speed."""
+    head_dim, fp32 = q.size(-1), q.dtype == torch.float32
+    block, stages = 64, 3
+    if fp32 and head_dim > 128:
+        block, stages = 32, 2
+    elif head_dim > 128:
+        stages = 1
+    elif fp32 and head_dim > 64:
+        stages = 2
+    tf32 = fp32 and torch.backends.cuda.matmul.allow_tf32
     return {
-        "HEAD_DIM": q.size(-1),
-        "BLOCK_D": max(16, triton.next_power_of_2(q.size(-1))),
-        "BLOCK_M": BLOCK_Q,
-        "BLOCK_N": BLOCK_K,
+        "HEAD_DIM": head_dim,
+        "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
+        "BLOCK_M": block,
+        "BLOCK_N": block,
         "CAUSAL": causal,
         "HAS_BIAS": bias is not None,
         "DROPOUT": dropout_p > 0.0,
-        "PRECISION": "tf32" if tf32 or q.dtype != torch.float32 else "ieee",
+        "PRECISION": "ieee" if fp32 and not tf32 else "tf32",
+        "num_stages": stages,
+        "num_warps": 8 if head_dim >= 128 else 4,
     }
 
 
@@ -304,8 +326,8 @@ if triton is not None:
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """O_i = softmax(S_i.) V and L_i = log sum_j exp S_ij for one query block i."""
-        block, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // heads, bh % heads
+        bh, block = tl.program_id(0), tl.program_id(1)
+        b, h = (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)  # no int32 overflow
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions t
         dims = tl.arange(0, BLOCK_D)
         k_base = K + b * stride_kb + h * stride_kh
@@ -360,8 +382,8 @@ if triton is not None:
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """dK_j and dV_j for one key block j, summed over the query blocks that see it."""
-        block, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // heads, bh % heads
+        bh, block = tl.program_id(0), tl.program_id(1)
+        b, h = (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)  # no int32 overflow
         cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # key positions s
         dims = tl.arange(0, BLOCK_D)
         q_base = Q + b * stride_qb + h * stride_qh
@@ -415,8 +437,8 @@ if triton is not None:
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """dQ_i for one query block i, summed over the key blocks it sees."""
-        block, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // heads, bh % heads
+        bh, block = tl.program_id(0), tl.program_id(1)
+        b, h = (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)  # no int32 overflow
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions t
         dims = tl.arange(0, BLOCK_D)
         k_base = K + b * stride_kb + h * stride_kh
