@@ -167,9 +167,19 @@ class MultiHeadAttention(nn.Module):
     ``nn.MultiheadAttention`` does then too. ``block_q`` and ``block_k`` are the flash kernel's
     block sizes.
 
-    Query rows with no allowed key (every key masked) give a zero attention output on every kernel
-    here; ``nn.MultiheadAttention`` gives NaN for them when it returns weights and in its eval
-    fast path, and zeros otherwise (torch 2.14, CPU; ``tests/test_attention_dropin.py`` pins this).
+    Where it differs from ``nn.MultiheadAttention`` (torch 2.14; the first four are pinned case
+    by case in ``tests/test_attention_dropin.py``):
+    - ``is_causal=True`` without ``attn_mask`` builds the causal mask; torch raises.
+    - Query rows with no allowed key (every key masked) give a zero attention output and finite
+      gradients on every kernel here; torch gives NaN for them when it returns weights and in its
+      eval fast path, and zeros otherwise.
+    - With ``add_bias_kv`` or ``add_zero_attn``, ``is_causal=True`` beside a causal ``attn_mask``
+      keeps the appended keys visible, as torch does with ``need_weights=True``; torch's
+      ``need_weights=False`` path then drops the mask and hides them.
+    - A float mask must have the query's dtype; a boolean and a float mask combine silently
+      (torch warns that this is deprecated).
+    - Not supported: ``static_k`` / ``static_v`` (only the functional
+      ``F.multi_head_attention_forward`` takes them, not the module), and nested-tensor inputs.
     """
 
     def __init__(
