@@ -136,6 +136,10 @@ def test_every_config_problem_is_reported_at_once(compose_config: ComposeFn) -> 
 def test_triton_attention_on_the_cpu_is_refused_before_any_work(
     compose_config: ComposeFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from attention_lab.nn import triton_flash
+
+    if problem := triton_flash.available():
+        pytest.skip(problem)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # conftest turns the interpreter on
     cfg = compose_config("model.attention=scratch_triton", "trainer.accelerator=cpu")
     with pytest.raises(ConfigError, match=r"scratch_triton runs a Triton kernel.*scratch_flash"):

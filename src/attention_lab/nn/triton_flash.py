@@ -57,8 +57,8 @@ def available() -> str | None:
     """None when the kernels can run here; otherwise why not, naming what to change."""
     if triton is None:
         return (
-            "model.attention=scratch_triton needs the triton package, which ships with PyTorch's "
-            "Linux CUDA wheels (pip install triton); choose another model.attention"
+            "model.attention=scratch_triton needs the triton package, which comes with PyTorch on "
+            "Linux (pip install triton; there is none for macOS); choose another model.attention"
         )
     return None
 
