@@ -157,13 +157,7 @@ def _triton_problem(cfg: DictConfig) -> str | None:
         return problem
     accelerator = (cfg.get("trainer") or {}).get("accelerator", "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not CUDAAccelerator.is_available())
-    if on_cpu and not triton_flash.interpreted():
-        return (
-            "model.attention=scratch_triton runs a Triton kernel, which needs a CUDA GPU "
-            "(trainer=gpu); on the CPU choose model.attention=scratch_flash (the same algorithm "
-            "in PyTorch), or set TRITON_INTERPRET=1 to run it in Triton's interpreter (slow)"
-        )
-    return None
+    return triton_flash.device_problem(on_cuda=not on_cpu)
 
 
 def _output_dir_problem(output_dir: Path) -> str | None:

@@ -341,10 +341,15 @@ def dropout_keep_mask(
     lead_index = torch.arange(n_lead, device=device).view(*lead, 1, 1)  # (..., 1, 1)
     row = torch.arange(rows.start, rows.stop, device=device).view(-1, 1)  # (B_r, 1)
     col = torch.arange(cols.start, cols.stop, device=device)  # (B_c,)
-    seeded = _hash32(torch.tensor(seed & _UINT32, device=device) ^ 0x9E3779B9)
+    seeded = seed_key(seed, device=device)
     row_key = _hash32(_hash32(lead_index ^ seeded) ^ row)  # (..., B_r, 1)
     bits = _hash32(row_key ^ col)  # (..., B_r, B_c), uniform on [0, 2^32)
     return (bits >> 8) < round((1.0 - p) * 2**24)
+
+
+def seed_key(seed: int, *, device: torch.device | None = None) -> Tensor:
+    """hash(seed ^ golden ratio): the dropout hash's first step, shared with the Triton kernel."""
+    return _hash32(torch.tensor(seed & _UINT32, device=device) ^ 0x9E3779B9)
 
 
 def _hash32(x: Tensor) -> Tensor:

@@ -63,6 +63,18 @@ def available() -> str | None:
     return None
 
 
+def device_problem(on_cuda: bool) -> str | None:
+    """None when the kernels can run on this device (CUDA, or the CPU under the interpreter);
+    otherwise what to change. The config check and the kernel's own call both say this."""
+    if on_cuda or interpreted():
+        return None
+    return (
+        "model.attention=scratch_triton runs a Triton kernel, which needs a CUDA GPU "
+        "(trainer=gpu); on the CPU choose model.attention=scratch_flash (the same algorithm "
+        "in PyTorch), or set TRITON_INTERPRET=1 to run it in Triton's interpreter (slow)"
+    )
+
+
 def interpreted() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 at import)."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
@@ -109,13 +121,8 @@ def triton_flash_attention(
             f"scratch_triton computes in fp32, fp16 or bf16; got {q.dtype} (use "
             f"model.attention=scratch_flash, or trainer.precision)"
         )
-    if q.device.type != "cuda" and not interpreted():
-        raise RuntimeError(
-            f"model.attention=scratch_triton runs a Triton kernel: it needs the tensors on a CUDA "
-            f"GPU (trainer=gpu), got {q.device}; on the CPU, set TRITON_INTERPRET=1 in the "
-            f"environment to run it in Triton's interpreter (slow: for tests), or choose "
-            f"model.attention=scratch_flash"
-        )
+    if problem := device_problem(q.device.type == "cuda"):
+        raise RuntimeError(problem)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
     if mask is not None:
@@ -205,7 +212,7 @@ def _bias_args(bias: Tensor | None, q: Tensor) -> tuple:
 
 def _sizes_and_dropout(q: Tensor, k: Tensor, seed: int, p: float) -> tuple:
     """heads, T, S, the scale 1 / sqrt(d), and dropout's hash key, keep threshold and scale."""
-    seeded = int(flash._hash32(torch.tensor((seed & 0xFFFFFFFF) ^ 0x9E3779B9)))  # as flash.py
+    seeded = int(flash.seed_key(seed))
     keep_threshold = round((1.0 - p) * 2**24)  # kept when the hash's top 24 bits fall below
     return (q.size(1), q.size(2), k.size(2), 1.0 / math.sqrt(q.size(-1)), seeded,
             keep_threshold, 1.0 / (1.0 - p))  # fmt: skip
