@@ -37,7 +37,6 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,8 +150,15 @@ def bench_attention(args: argparse.Namespace) -> list[dict]:
                             DTYPES[dtype_name],
                             mask == "causal",
                         )
-                        with sdpa_kernel(SDPA_BACKENDS[backend]) if backend else nullcontext():
-                            seconds, memory = _time_and_memory(forward, device, args.min_time)
+                        measured = _measure(forward, device, args.min_time, backend)
+                        if measured is None:
+                            if repeat == 0:
+                                print(
+                                    f"{name}: PyTorch has no such kernel for {dtype_name}, "
+                                    f"mask {mask}, T = {seq_len} on {device}; left out"
+                                )
+                            continue
+                        seconds, memory = measured
                         rows.append(
                             {
                                 "dtype": dtype_name,
@@ -165,6 +171,29 @@ def bench_attention(args: argparse.Namespace) -> list[dict]:
                             }
                         )
     return rows
+
+
+# What PyTorch says when a forced SDPA backend cannot take the input: on CUDA, on the CPU.
+NO_KERNEL = ("No available kernel", "No viable backend")
+
+
+def _measure(
+    forward: Callable[[], torch.Tensor],
+    device: torch.device,
+    min_time: float,
+    backend: str | None,
+) -> tuple[float, int] | None:
+    """``_time_and_memory`` under SDPA ``backend`` (None: PyTorch's choice), or None where
+    PyTorch has no kernel of that backend for the input (its flash kernel has no fp32)."""
+    if backend is None:
+        return _time_and_memory(forward, device, min_time)
+    try:
+        with sdpa_kernel(SDPA_BACKENDS[backend]):
+            return _time_and_memory(forward, device, min_time)
+    except RuntimeError as error:
+        if not any(words in str(error) for words in NO_KERNEL):
+            raise
+        return None
 
 
 def _time_and_memory(
@@ -585,7 +614,7 @@ def train_table(rows: list[dict]) -> str:
             f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {_rate(rate[key])} "
             f"| {_rate(low[key])}–{_rate(high[key])} | {token_cell} | {vs_torch} | {vs_eager} "
             f"| {mib_cell} | {mib_ratio} | {tflops[key]:.3g} "
-            f"| {'–' if math.isnan(mfu[key]) else f'{mfu[key]:.1%}'} |"
+            f"| {'–' if math.isnan(mfu[key]) else f'{100 * mfu[key]:.3g}%'} |"
         )
     return "\n".join(lines)
 

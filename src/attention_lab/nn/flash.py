@@ -341,19 +341,22 @@ def dropout_keep_mask(
     lead_index = torch.arange(n_lead, device=device).view(*lead, 1, 1)  # (..., 1, 1)
     row = torch.arange(rows.start, rows.stop, device=device).view(-1, 1)  # (B_r, 1)
     col = torch.arange(cols.start, cols.stop, device=device)  # (B_c,)
-    seeded = seed_key(seed, device=device)
+    seeded = seed_key(seed)
     row_key = _hash32(_hash32(lead_index ^ seeded) ^ row)  # (..., B_r, 1)
     bits = _hash32(row_key ^ col)  # (..., B_r, B_c), uniform on [0, 2^32)
     return (bits >> 8) < round((1.0 - p) * 2**24)
 
 
-def seed_key(seed: int, *, device: torch.device | None = None) -> Tensor:
-    """hash(seed ^ golden ratio): the dropout hash's first step, shared with the Triton kernel."""
-    return _hash32(torch.tensor(seed & _UINT32, device=device) ^ 0x9E3779B9)
+def seed_key(seed: int) -> int:
+    """hash(seed ^ golden ratio): the dropout hash's first step, shared with the Triton kernel.
+    A Python int (no tensor), so the kernel's launcher reads it without a device sync, and
+    torch.compile traces it without a graph break."""
+    return _hash32((seed & _UINT32) ^ 0x9E3779B9)
 
 
-def _hash32(x: Tensor) -> Tensor:
-    """lowbias32 (C. Wellons), a well-mixing 32-bit integer hash, in int64 arithmetic."""
+def _hash32(x: Tensor | int) -> Tensor | int:
+    """lowbias32 (C. Wellons), a well-mixing 32-bit integer hash, in int64 arithmetic (on
+    tensors, or on Python ints)."""
     x = x & _UINT32
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
@@ -362,7 +365,7 @@ def _hash32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def _mul32(x: Tensor, factor: int) -> Tensor:
+def _mul32(x: Tensor | int, factor: int) -> Tensor | int:
     """(x * factor) mod 2^32 for x < 2^32, in two 16-bit halves so int64 never overflows."""
     low = x * (factor & 0xFFFF)
     high = ((x * (factor >> 16)) & 0xFFFF) << 16

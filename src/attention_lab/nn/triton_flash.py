@@ -212,7 +212,7 @@ def _bias_args(bias: Tensor | None, q: Tensor) -> tuple:
 
 def _sizes_and_dropout(q: Tensor, k: Tensor, seed: int, p: float) -> tuple:
     """heads, T, S, the scale 1 / sqrt(d), and dropout's hash key, keep threshold and scale."""
-    seeded = int(flash.seed_key(seed))
+    seeded = flash.seed_key(seed)
     keep_threshold = round((1.0 - p) * 2**24)  # kept when the hash's top 24 bits fall below
     return (q.size(1), q.size(2), k.size(2), 1.0 / math.sqrt(q.size(-1)), seeded,
             keep_threshold, 1.0 / (1.0 - p))  # fmt: skip
