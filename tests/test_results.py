@@ -80,6 +80,25 @@ def test_table_rows_per_experiment_and_kind(records: Path) -> None:
     assert "No run record yet: `default`" in table
 
 
+def test_a_gpu_run_is_its_own_row_with_trainer_gpu_in_its_command(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    base = ["experiment=vit_mnist", "model.attention=scratch"]
+    keep(_run(tmp_path / "cpu", "scratch", 0, 0.99, [*base, "seed=0"]), results)
+    for seed, acc in ((0, 0.97), (1, 0.98)):
+        run = _run(tmp_path / f"gpu{seed}", "scratch", seed, acc, [*base, "trainer=gpu"])
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["provenance"] = {"machine": {"cpu": "Xeon", "gpus": ["NVIDIA H100 80GB HBM3"]}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        keep(run, results)
+    rows = results_table(load_records(results)).splitlines()[2:]
+    # Not averaged together, and trainer=gpu is where it ran, not a change of recipe.
+    assert len(rows) == 2 and variants_table(load_records(results)) == ""
+    cpu, gpu = sorted(rows, key=lambda row: "H100" in row)
+    assert "| 99.00% | 1 |" in cpu and "`python train.py experiment=vit_mnist model" in cpu
+    assert "| 97.50% ± 0.71% | 2 |" in gpu and "| 1× NVIDIA H100 80GB HBM3 |" in gpu
+    assert "`python train.py -m experiment=vit_mnist trainer=gpu model.attention=scratch" in gpu
+
+
 def test_a_variant_is_set_beside_its_experiment_seed_by_seed(tmp_path: Path) -> None:
     results = tmp_path / "results"
     filed = ["experiment=vit_mnist_course", "logger=csv"]

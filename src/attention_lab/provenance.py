@@ -101,17 +101,24 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def describe_machine(info: dict[str, Any]) -> str:
-    """One short line for a table: the GPU name(s), else the CPU model and core count, and the
-    load average when it was above the core count (other jobs used the CPU)."""
+def machine_class(info: dict[str, Any]) -> str:
+    """The kind of machine, for grouping runs: the GPU name(s), else the CPU model and core
+    count."""
     if info.get("gpus"):
         names = sorted(set(info["gpus"]))
         count = len(info["gpus"])
         return f"{count}× {names[0]}" if len(names) == 1 else ", ".join(names)
     cpu = info.get("cpu") or "unknown CPU"
     cores = info.get("cpu_cores_usable") or info.get("cpu_cores")
-    line = f"{cpu}, {cores} cores" if cores else cpu
+    return f"{cpu}, {cores} cores" if cores else cpu
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    """One short line for a table: ``machine_class``, and on a CPU the load average when it was
+    above the core count (other jobs used the CPU)."""
+    line = machine_class(info)
+    cores = info.get("cpu_cores_usable") or info.get("cpu_cores")
     load = info.get("load_avg_15min")
-    if cores and load is not None and load > cores:
+    if not info.get("gpus") and cores and load is not None and load > cores:
         line += f" (shared: load {load})"
     return line

@@ -11,10 +11,12 @@ the one tracked folder under ``outputs/``. Adding a figure to the README is:
 
 The table sits in README.md between ``BEGIN`` and ``END``; ``--results --check`` (and
 ``tests/test_results.py``) fail when that block and the records disagree. One row per
-experiment file and attention kind: mean ± sample std of the test metric over its records, n,
+experiment file, attention kind and device (a GPU's figures beside the CPU's, never averaged
+together): mean ± sample std of the test metric over its records, n,
 the experiment's ``reported:`` figure, epochs, fit time, machine and the command that
-reproduces it. A record whose command changed a setting (any override other than the attention
-kind, the seed, ``experiment_name`` and bookkeeping such as the logger) is a *variant*: it goes
+reproduces it (with ``trainer=gpu`` where the run chose it). A record whose command changed a
+setting (any override other than the attention kind, the seed, ``experiment_name``, the device
+and bookkeeping such as the logger) is a *variant*: it goes
 to a second table, of ablations and variants, which sets it beside its experiment as filed,
 seed by seed (the paired difference: with the same seed most changes start from the same
 weights and see the same batches). The test metric is the one the experiment's ``reported:``
@@ -36,7 +38,7 @@ from omegaconf import OmegaConf
 from attention_lab.bleu import SIGNATURES
 from attention_lab.callbacks.history import HISTORY_FILE
 from attention_lab.errors import ConfigError
-from attention_lab.provenance import describe_machine
+from attention_lab.provenance import describe_machine, machine_class
 from attention_lab.report import Run, _fmt, _mean_std, load_run
 from attention_lab.training import METRICS_FILE
 
@@ -54,6 +56,8 @@ BOOKKEEPING_EXACT = (
     "data.tokenizer_dir",
     "trainer.enable_progress_bar",
 )
+# Where a run trained: part of its command, not of its recipe (its row says the machine).
+PLACEMENT = ("trainer=cpu", "trainer=gpu")
 # Names a variant's runs apart (so that a report groups them); not a change of recipe.
 RENAME = "experiment_name"
 
@@ -97,8 +101,22 @@ class Record:
     def recipe(self) -> tuple[str, ...]:
         # The experiment is the row's name (and the command's first word); the rest is the recipe.
         return tuple(
-            o for o in self.overrides if not _is_bookkeeping(o) and not o.startswith("experiment=")
+            o
+            for o in self.overrides
+            if not _is_bookkeeping(o) and not o.startswith("experiment=") and o not in PLACEMENT
         )
+
+    @property
+    def placement(self) -> tuple[str, ...]:
+        """The command's choice of device (``trainer=gpu``), if it made one."""
+        return tuple(o for o in self.overrides if o in PLACEMENT)
+
+    @property
+    def machine(self) -> str:
+        """The GPU(s) the run trained on, or ``cpu`` (records without provenance predate the
+        first GPU run: they trained on the CPU)."""
+        info = self.run.metrics.get("provenance", {}).get("machine", {})
+        return machine_class(info) if info.get("gpus") else "cpu"
 
     @property
     def change(self) -> tuple[str, ...]:
@@ -151,13 +169,19 @@ def _span(values: list[float], fmt: Callable[[float], str]) -> str:
     return low if low == high else f"{low} – {high}"
 
 
-def _command(experiment: str, recipe: tuple[str, ...], attention: str, seeds: list) -> str:
+def _command(
+    experiment: str,
+    recipe: tuple[str, ...],
+    attention: str,
+    seeds: list,
+    placement: tuple[str, ...] = (),
+) -> str:
     words = ["python", "train.py"]
     if len(seeds) > 1:
         words.append("-m")
     if experiment != "default":
         words.append(f"experiment={experiment}")
-    words += [*recipe, f"model.attention={attention}"]
+    words += [*placement, *recipe, f"model.attention={attention}"]
     words.append("seed=" + ",".join(str(s) for s in sorted(seeds)))
     return " ".join(words)
 
@@ -192,16 +216,16 @@ def _shown_metric(metric: str) -> str:
 def results_table(records: list[Record], experiments: list[str] | None = None) -> str:
     """The Markdown table of the records that ran an experiment file as it is (see the module
     docstring), and a line naming each of ``experiments`` that has no such record."""
-    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
     for record in records:
         if not record.change:
-            groups[(record.run.experiment, record.run.attention)].append(record)
+            groups[(record.run.experiment, record.run.attention, record.machine)].append(record)
     lines = [
         "| experiment | attention | test metric | ours: mean ± std | n | reported | epochs "
         "| fit time | machine | command |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (experiment, attention), members in sorted(groups.items()):
+    for (experiment, attention, _), members in sorted(groups.items()):
         runs = [m.run for m in members]
         metric, values = _metric(members)
         reported = runs[0].reported
@@ -217,7 +241,11 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
         ]
         machine = "; ".join(sorted(set(machines))) if machines else "–"
         command = _command(
-            members[0].experiment_file, members[0].recipe, attention, [r.seed for r in runs]
+            members[0].experiment_file,
+            members[0].recipe,
+            attention,
+            [r.seed for r in runs],
+            members[0].placement,
         )
         lines.append(
             f"| {experiment} | {attention} | {_shown_metric(metric)} | {_score(values, metric)} "
@@ -225,7 +253,7 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
         )
     if not groups:
         lines = ["No run records yet."]
-    missing = sorted(set(experiments or []) - {experiment for experiment, _ in groups})
+    missing = sorted(set(experiments or []) - {experiment for experiment, _, _ in groups})
     if missing:
         names = ", ".join(f"`{e}`" for e in missing)
         lines += ["", f"No run record yet: {names} (their earlier figures are below)."]
@@ -236,10 +264,11 @@ def variants_table(records: list[Record]) -> str:
     """The Markdown table of the variants: per experiment file, change and attention kind, the
     test metric (mean ± std, n) and its difference from the experiment as filed, seed by seed
     (mean ± std of the paired differences over the seeds both have); empty without variants."""
-    groups: dict[tuple[str, tuple[str, ...], str], list[Record]] = defaultdict(list)
+    groups: dict[tuple[str, tuple[str, ...], str, str], list[Record]] = defaultdict(list)
     for record in records:
         if record.change:
-            groups[(record.experiment_file, record.change, record.run.attention)].append(record)
+            key = (record.experiment_file, record.change, record.run.attention, record.machine)
+            groups[key].append(record)
     if not groups:
         return ""
     lines = [
@@ -247,7 +276,7 @@ def variants_table(records: list[Record]) -> str:
         "| minus the experiment as filed, same seeds (points) | command |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (experiment, change, attention), members in sorted(groups.items()):
+    for (experiment, change, attention, machine), members in sorted(groups.items()):
         metric, values = _metric(members)
         base_by_seed = {
             r.run.seed: r.run.metrics["test"][metric]
@@ -255,6 +284,7 @@ def variants_table(records: list[Record]) -> str:
             if not r.change
             and r.experiment_file == experiment
             and r.run.attention == attention
+            and r.machine == machine
             and metric in r.run.metrics["test"]
         }
         pairs = [
@@ -269,7 +299,13 @@ def variants_table(records: list[Record]) -> str:
             delta += f" ± {_points(std, metric)} (n={len(pairs)})" if len(pairs) > 1 else " (n=1)"
         else:
             delta = "– (no record of the experiment with these seeds)"
-        command = _command(experiment, members[0].recipe, attention, [m.run.seed for m in members])
+        command = _command(
+            experiment,
+            members[0].recipe,
+            attention,
+            [m.run.seed for m in members],
+            members[0].placement,
+        )
         lines.append(
             f"| {experiment} | {' '.join(change)} | {attention} | {_shown_metric(metric)} "
             f"| {_score(values, metric)} | {len(members)} | {delta} | `{command}` |"
