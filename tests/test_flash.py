@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attention_lab.nn.attention import scaled_dot_product_attention
-from attention_lab.nn.flash import dropout_keep_mask, flash_attention
+from attention_lab.nn.flash import _hash32, dropout_keep_mask, flash_attention, seed_key
 
 # Blocks that do not divide the lengths, so every edge case of the tiling is visited.
 BLOCKS = {"block_q": 4, "block_k": 3}
@@ -119,6 +119,15 @@ class TestDropout:
         block = dropout_keep_mask(3, self.P, (2, 3), range(8, 16), range(20, 35))
         assert torch.equal(block, whole[..., 8:16, 20:35])
         assert not torch.equal(dropout_keep_mask(4, self.P, (2, 3), range(40), range(50)), whole)
+
+    def test_the_seed_key_is_the_same_hash_on_python_ints_as_on_tensors(self) -> None:
+        # seed_key hashes Python ints (no tensor: no graph break under torch.compile); the
+        # kernels and the keep-mask must keep drawing the bits they drew when it hashed int64
+        # tensors: pinned values, and the tensor path of the same hash.
+        assert [seed_key(s) for s in (0, -1, 2**32 + 5)] == [33350994, 903996321, 260803382]
+        for seed in (0, 1, 7, 2**31 - 1, 2**32 + 5, -1):
+            as_tensor = _hash32(torch.tensor(seed & 0xFFFFFFFF) ^ 0x9E3779B9)
+            assert seed_key(seed) == int(as_tensor)
 
     def test_keep_rate_and_scaling(self) -> None:
         keep = dropout_keep_mask(11, self.P, (4, 8), range(256), range(256)).float()

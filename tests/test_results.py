@@ -90,11 +90,21 @@ def test_a_gpu_run_is_its_own_row_with_trainer_gpu_in_its_command(tmp_path: Path
         metrics["provenance"] = {"machine": {"cpu": "Xeon", "gpus": ["NVIDIA H100 80GB HBM3"]}}
         (run / "metrics.json").write_text(json.dumps(metrics))
         keep(run, results)
+    # A run that chose the CPU on a GPU host trained on the CPU: it joins the CPU row.
+    run = _run(tmp_path / "cpu1", "scratch", 1, 0.97, [*base, "seed=1", "trainer=cpu"])
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    config.trainer = {"accelerator": "cpu", "devices": 1}
+    OmegaConf.save(config, run / ".hydra" / "config.yaml")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["provenance"] = {"machine": {"cpu": "Xeon", "gpus": ["NVIDIA H100 80GB HBM3"]}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    keep(run, results)
     rows = results_table(load_records(results)).splitlines()[2:]
     # Not averaged together, and trainer=gpu is where it ran, not a change of recipe.
     assert len(rows) == 2 and variants_table(load_records(results)) == ""
     cpu, gpu = sorted(rows, key=lambda row: "H100" in row)
-    assert "| 99.00% | 1 |" in cpu and "`python train.py experiment=vit_mnist model" in cpu
+    assert "| 98.00% ± 1.41% | 2 |" in cpu and "| Xeon |" in cpu
+    assert "`python train.py -m experiment=vit_mnist model" in cpu
     assert "| 97.50% ± 0.71% | 2 |" in gpu and "| 1× NVIDIA H100 80GB HBM3 |" in gpu
     assert "`python train.py -m experiment=vit_mnist trainer=gpu model.attention=scratch" in gpu
 

@@ -31,6 +31,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -106,17 +107,29 @@ class Record:
             if not _is_bookkeeping(o) and not o.startswith("experiment=") and o not in PLACEMENT
         )
 
-    @property
-    def placement(self) -> tuple[str, ...]:
-        """The command's choice of device (``trainer=gpu``), if it made one."""
-        return tuple(o for o in self.overrides if o in PLACEMENT)
+    @cached_property
+    def machine(self) -> str:
+        """Where the run trained: the GPU(s) it used, or ``cpu``. Provenance lists the GPUs the
+        host has; the run used them unless its trainer chose the CPU, and as many as its
+        ``trainer.devices`` (records without provenance predate the first GPU run)."""
+        gpus = self.run.metrics.get("provenance", {}).get("machine", {}).get("gpus")
+        trainer = OmegaConf.load(self.run.config).get("trainer") or {}
+        if not gpus or trainer.get("accelerator") == "cpu":
+            return "cpu"
+        devices = trainer.get("devices")
+        return machine_class({"gpus": gpus[:devices] if isinstance(devices, int) else gpus})
 
     @property
-    def machine(self) -> str:
-        """The GPU(s) the run trained on, or ``cpu`` (records without provenance predate the
-        first GPU run: they trained on the CPU)."""
-        info = self.run.metrics.get("provenance", {}).get("machine", {})
-        return machine_class(info) if info.get("gpus") else "cpu"
+    def machine_line(self) -> str:
+        """The table's line for where it trained: the GPU(s), or the CPU (and its load)."""
+        if self.machine != "cpu":
+            return self.machine
+        return describe_machine(self.run.metrics["provenance"]["machine"] | {"gpus": []})
+
+    @property
+    def placement(self) -> tuple[str, ...]:
+        """What the command needs to train where this run did: ``trainer=gpu`` on a GPU."""
+        return () if self.machine == "cpu" else ("trainer=gpu",)
 
     @property
     def change(self) -> tuple[str, ...]:
@@ -234,11 +247,7 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
         fit = _span([r.metrics["fit_time_s"] for r in runs], _duration)
         if any(m.resumed for m in members):
             fit += " (resumed: last part)"
-        machines = [
-            describe_machine(r.metrics["provenance"]["machine"])
-            for r in runs
-            if "provenance" in r.metrics
-        ]
+        machines = [m.machine_line for m in members if "provenance" in m.run.metrics]
         machine = "; ".join(sorted(set(machines))) if machines else "–"
         command = _command(
             members[0].experiment_file,
@@ -263,7 +272,8 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
 def variants_table(records: list[Record]) -> str:
     """The Markdown table of the variants: per experiment file, change and attention kind, the
     test metric (mean ± std, n) and its difference from the experiment as filed, seed by seed
-    (mean ± std of the paired differences over the seeds both have); empty without variants."""
+    (mean ± std of the paired differences over the seeds both have on the same device; a GPU's
+    runs are their own rows, the device named beside the kind); empty without variants."""
     groups: dict[tuple[str, tuple[str, ...], str, str], list[Record]] = defaultdict(list)
     for record in records:
         if record.change:
@@ -298,7 +308,7 @@ def variants_table(records: list[Record]) -> str:
             delta = f"{sign}{_points(abs(mean), metric)}"
             delta += f" ± {_points(std, metric)} (n={len(pairs)})" if len(pairs) > 1 else " (n=1)"
         else:
-            delta = "– (no record of the experiment with these seeds)"
+            delta = "– (no record of the experiment with these seeds on this device)"
         command = _command(
             experiment,
             members[0].recipe,
@@ -306,8 +316,9 @@ def variants_table(records: list[Record]) -> str:
             [m.run.seed for m in members],
             members[0].placement,
         )
+        where = attention if machine == "cpu" else f"{attention} ({machine})"
         lines.append(
-            f"| {experiment} | {' '.join(change)} | {attention} | {_shown_metric(metric)} "
+            f"| {experiment} | {' '.join(change)} | {where} | {_shown_metric(metric)} "
             f"| {_score(values, metric)} | {len(members)} | {delta} | `{command}` |"
         )
     return "\n".join(lines)
