@@ -109,6 +109,19 @@ def test_a_gpu_run_is_its_own_row_with_trainer_gpu_in_its_command(tmp_path: Path
     assert "`python train.py -m experiment=vit_mnist trainer=gpu model.attention=scratch" in gpu
 
 
+def test_a_run_finished_from_a_checkpoint_says_its_fit_time_is_the_last_part(
+    tmp_path: Path,
+) -> None:
+    # overrides.yaml keeps the first command; the resuming one is in the provenance's argv.
+    run = _run(tmp_path / "run", "torch", 0, 0.99, ["experiment=vit_mnist", "seed=0"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["provenance"] = {"argv": ["train.py", "experiment=vit_mnist", "ckpt_path=last"]}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    keep(run, tmp_path / "results")
+    (row,) = results_table(load_records(tmp_path / "results")).splitlines()[2:]
+    assert "| 10 s (resumed: last part) |" in row
+
+
 def test_a_variant_is_set_beside_its_experiment_seed_by_seed(tmp_path: Path) -> None:
     results = tmp_path / "results"
     filed = ["experiment=vit_mnist_course", "logger=csv"]

@@ -145,7 +145,11 @@ class Record:
 
     @property
     def resumed(self) -> bool:
-        return any(o.split("=", 1)[0].lstrip("+~") == "ckpt_path" for o in self.overrides)
+        """Whether the run finished from a checkpoint (its fit time is then the last part's):
+        ``overrides.yaml`` holds the first command, the provenance's argv the finishing one."""
+        argv = self.run.metrics.get("provenance", {}).get("argv", [])
+        words = [*self.overrides, *argv[1:]]
+        return any(w.split("=", 1)[0].lstrip("+~") == "ckpt_path" for w in words)
 
 
 def _is_bookkeeping(override: str) -> bool:
@@ -247,7 +251,9 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
         fit = _span([r.metrics["fit_time_s"] for r in runs], _duration)
         if any(m.resumed for m in members):
             fit += " (resumed: last part)"
-        machines = [m.machine_line for m in members if "provenance" in m.run.metrics]
+        machines = [
+            m.machine_line for m in members if "machine" in m.run.metrics.get("provenance", {})
+        ]
         machine = "; ".join(sorted(set(machines))) if machines else "–"
         command = _command(
             members[0].experiment_file,
@@ -265,7 +271,7 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
     missing = sorted(set(experiments or []) - {experiment for experiment, _, _ in groups})
     if missing:
         names = ", ".join(f"`{e}`" for e in missing)
-        lines += ["", f"No run record yet: {names} (their earlier figures are below)."]
+        lines += ["", f"No run record yet: {names}."]
     return "\n".join(lines)
 
 
