@@ -29,7 +29,10 @@ train in bf16-mixed. Head sizes up to 256; q, k and v have the same head size.
 
 State: checked in the interpreter (tests/test_triton_flash.py) and compiled for sm_90 on a CPU
 with ``triton.compile`` (every dtype, d = 64, 128, 256, masks, dropout: each program fits the
-on-chip memory), but not yet run on a GPU.
+on-chip memory). Run once on an H100 (outputs/results/bench/2026-11-26-h100/): output and
+gradients within 2.7e-7 (fp32) and 4.1e-3 (bf16) of the fp32 textbook computation, as close as
+nn.MultiheadAttention; 1.13-1.17x the time of PyTorch's FlashAttention-2 kernel at T = 8192,
+with the same memory. The block sizes are not tuned.
 """
 
 from __future__ import annotations
