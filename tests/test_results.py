@@ -30,9 +30,19 @@ def test_the_readme_table_is_the_one_the_records_give() -> None:
     assert readme_agrees(REPO_ROOT / "README.md", REPO_ROOT / "outputs" / "results", CONF_DIR)
 
 
-def _run(path: Path, attention: str, seed: int, acc: float, overrides: list[str]) -> Path:
+def _run(
+    path: Path,
+    attention: str,
+    seed: int,
+    acc: float,
+    overrides: list[str],
+    provenance: dict | None = None,
+) -> Path:
     _fake_run(path, attention, seed, acc)
     OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
+    if provenance is not None:
+        metrics = json.loads((path / "metrics.json").read_text())
+        (path / "metrics.json").write_text(json.dumps(metrics | {"provenance": provenance}))
     return path
 
 
@@ -84,20 +94,16 @@ def test_a_gpu_run_is_its_own_row_with_trainer_gpu_in_its_command(tmp_path: Path
     results = tmp_path / "results"
     base = ["experiment=vit_mnist", "model.attention=scratch"]
     keep(_run(tmp_path / "cpu", "scratch", 0, 0.99, [*base, "seed=0"]), results)
+    gpu_host = {"machine": {"cpu": "Xeon", "gpus": ["NVIDIA H100 80GB HBM3"]}}
     for seed, acc in ((0, 0.97), (1, 0.98)):
-        run = _run(tmp_path / f"gpu{seed}", "scratch", seed, acc, [*base, "trainer=gpu"])
-        metrics = json.loads((run / "metrics.json").read_text())
-        metrics["provenance"] = {"machine": {"cpu": "Xeon", "gpus": ["NVIDIA H100 80GB HBM3"]}}
-        (run / "metrics.json").write_text(json.dumps(metrics))
-        keep(run, results)
+        overrides = [*base, "trainer=gpu"]
+        keep(_run(tmp_path / f"gpu{seed}", "scratch", seed, acc, overrides, gpu_host), results)
     # A run that chose the CPU on a GPU host trained on the CPU: it joins the CPU row.
-    run = _run(tmp_path / "cpu1", "scratch", 1, 0.97, [*base, "seed=1", "trainer=cpu"])
+    overrides = [*base, "seed=1", "trainer=cpu"]
+    run = _run(tmp_path / "cpu1", "scratch", 1, 0.97, overrides, gpu_host)
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
     config.trainer = {"accelerator": "cpu", "devices": 1}
     OmegaConf.save(config, run / ".hydra" / "config.yaml")
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["provenance"] = {"machine": {"cpu": "Xeon", "gpus": ["NVIDIA H100 80GB HBM3"]}}
-    (run / "metrics.json").write_text(json.dumps(metrics))
     keep(run, results)
     rows = results_table(load_records(results)).splitlines()[2:]
     # Not averaged together, and trainer=gpu is where it ran, not a change of recipe.
@@ -113,10 +119,8 @@ def test_a_run_finished_from_a_checkpoint_says_its_fit_time_is_the_last_part(
     tmp_path: Path,
 ) -> None:
     # overrides.yaml keeps the first command; the resuming one is in the provenance's argv.
-    run = _run(tmp_path / "run", "torch", 0, 0.99, ["experiment=vit_mnist", "seed=0"])
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["provenance"] = {"argv": ["train.py", "experiment=vit_mnist", "ckpt_path=last"]}
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    resumed = {"argv": ["train.py", "experiment=vit_mnist", "ckpt_path=last"]}
+    run = _run(tmp_path / "run", "torch", 0, 0.99, ["experiment=vit_mnist", "seed=0"], resumed)
     keep(run, tmp_path / "results")
     (row,) = results_table(load_records(tmp_path / "results")).splitlines()[2:]
     assert "| 10 s (resumed: last part) |" in row

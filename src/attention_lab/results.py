@@ -134,7 +134,7 @@ class Record:
     @property
     def change(self) -> tuple[str, ...]:
         """The recipe without the renaming: what this run changed from its experiment file."""
-        return tuple(o for o in self.recipe if o.split("=", 1)[0].lstrip("+~") != RENAME)
+        return tuple(o for o in self.recipe if _key(o) != RENAME)
 
     @property
     def experiment_file(self) -> str:
@@ -149,11 +149,16 @@ class Record:
         ``overrides.yaml`` holds the first command, the provenance's argv the finishing one."""
         argv = self.run.metrics.get("provenance", {}).get("argv", [])
         words = [*self.overrides, *argv[1:]]
-        return any(w.split("=", 1)[0].lstrip("+~") == "ckpt_path" for w in words)
+        return any(_key(w) == "ckpt_path" for w in words)
+
+
+def _key(override: str) -> str:
+    """The key an override sets: ``+trainer.max_epochs=30`` sets ``trainer.max_epochs``."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _is_bookkeeping(override: str) -> bool:
-    key = override.split("=", 1)[0].lstrip("+~")
+    key = _key(override)
     return key.startswith(BOOKKEEPING) or key in BOOKKEEPING_EXACT
 
 
