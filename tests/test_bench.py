@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from attention_lab.bench import SIZED_MODELS, _saved_bytes, _sized_model, _step_flops, main
+from attention_lab.bench import (
+    SIZED_MODELS,
+    _saved_bytes,
+    _sized_model,
+    _step_flops,
+    _synthetic_config,
+    _train_variant,
+    main,
+)
 from attention_lab.nn.attention import PORTABLE_KINDS
+from tests.conftest import CONF_DIR
 
 
 def _table(path: Path, keys: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, str]]:
@@ -306,3 +316,33 @@ def test_train_benchmark_measures_the_language_tasks(tmp_path: Path, experiment:
     for row in rows:  # every step trains 3 sentences of 6 pieces
         assert float(row["tokens_per_s"]) == pytest.approx(6 * float(row["samples_per_s"]))
     assert _train_table(tmp_path / "train.md")[experiment, "torch", "no"]["vs torch"] == "1.00x"
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [p.stem for p in sorted((CONF_DIR / "experiment").glob("*.yaml")) if p.stem != "sst2_bert"]
+    + list(SIZED_MODELS),
+)
+def test_every_model_compiles_to_one_graph_with_every_portable_kind(
+    experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``bench train --compile`` reports as graph breaks: none, for any kind (a break runs
+    Python between graphs; the dropout seed's ``.item()`` once made one per attention layer).
+    sst2_bert is BERT (bert_base here), which needs its checkpoint."""
+    tiny = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}
+    monkeypatch.setitem(SIZED_MODELS, "bert_base", {**tiny, "vocab_size": 100})
+    monkeypatch.setitem(SIZED_MODELS, "vit_b_16", {**tiny, "patch_size": 56})
+    args = SimpleNamespace(
+        device="cpu",
+        precision="fp32",
+        inference=False,
+        seq_len=6,
+        sized_batch=2,
+        overrides=["data.batch_size=2"],
+    )
+    cfg = _synthetic_config(experiment, args)
+    if cfg is not None and "n_layers" in cfg.model:
+        cfg.model.n_layers = 1  # a break would be in every layer alike
+    for kind in PORTABLE_KINDS:
+        *_, breaks = _train_variant(args, experiment, cfg, kind, compiled=True)
+        assert breaks == 0, kind

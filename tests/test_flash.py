@@ -121,9 +121,9 @@ class TestDropout:
         assert not torch.equal(dropout_keep_mask(4, self.P, (2, 3), range(40), range(50)), whole)
 
     def test_the_seed_key_is_the_same_hash_on_python_ints_as_on_tensors(self) -> None:
-        # seed_key hashes Python ints (no tensor: no graph break under torch.compile); the
-        # kernels and the keep-mask must keep drawing the bits they drew when it hashed int64
-        # tensors: pinned values, and the tensor path of the same hash.
+        # seed_key hashes a given int as a Python int and a drawn seed as a tensor (never read
+        # back: no sync, no graph break); the keep-mask must draw the same bits either way:
+        # pinned values, and the tensor path of the same hash.
         assert [seed_key(s) for s in (0, -1, 2**32 + 5)] == [33350994, 903996321, 260803382]
         for seed in (0, 1, 7, 2**31 - 1, 2**32 + 5, -1):
             as_tensor = _hash32(torch.tensor(seed & 0xFFFFFFFF) ^ 0x9E3779B9)
@@ -154,6 +154,32 @@ class TestDropout:
         third = flash_attention(q, k, v, dropout_p=self.P)
         torch.testing.assert_close(first, again)
         assert not torch.allclose(first, third)
+
+    def test_a_drawn_seed_is_the_keep_mask_of_that_seed_as_an_int(self) -> None:
+        q, k, v = _qkv()
+        torch.manual_seed(0)
+        drawn = flash_attention(q, k, v, dropout_p=self.P)
+        torch.manual_seed(0)
+        seed = int(torch.randint(2**31 - 1, ()))
+        torch.testing.assert_close(drawn, flash_attention(q, k, v, dropout_p=self.P, seed=seed))
+        as_tensor = flash_attention(q, k, v, dropout_p=self.P, seed=torch.tensor(seed))
+        torch.testing.assert_close(drawn, as_tensor)
+
+    def test_dropout_without_a_seed_compiles_to_one_graph(self) -> None:
+        # The seed is drawn as a tensor and never read back: fullgraph=True refuses any break
+        # (it was an .item() before). The eager backend traces without compiling kernels.
+        q, k, v = (x.requires_grad_() for x in _qkv())
+        compiled = torch.compile(
+            lambda *x: flash_attention(*x, dropout_p=self.P, **BLOCKS),
+            backend="eager",
+            fullgraph=True,
+        )
+        torch.manual_seed(0)
+        out = compiled(q, k, v)
+        out.square().sum().backward()
+        torch.manual_seed(0)
+        torch.testing.assert_close(out, flash_attention(q, k, v, dropout_p=self.P, **BLOCKS))
+        assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -3,7 +3,8 @@ compilation, DDP, attention maps and W&B offline. They run where CUDA is present
 
     python -m pytest -m gpu -q
 
-and are skipped elsewhere. ``ATTENTION_LAB_TEST_DEVICE=cpu`` runs them on the CPU instead
+(``-k eager`` / ``-k compiled`` split the training cases: compiling them takes minutes) and are
+skipped elsewhere. ``ATTENTION_LAB_TEST_DEVICE=cpu`` runs them on the CPU instead
 (without 16-mixed and fp16, which Lightning and PyTorch's CPU kernels do not offer): that is how
 the tests themselves are checked on a machine without a GPU; it says nothing about CUDA.
 """
@@ -95,7 +96,11 @@ def _step_cases() -> list[tuple[str, str, str, bool]]:
     return list(dict.fromkeys(cases))
 
 
-@pytest.mark.parametrize(("experiment", "attention", "precision", "compiled"), _step_cases())
+@pytest.mark.parametrize(
+    ("experiment", "attention", "precision", "compiled"),
+    _step_cases(),
+    ids=lambda value: ("compiled" if value else "eager") if isinstance(value, bool) else None,
+)
 def test_every_experiment_trains_on_the_device(
     compose_config: ComposeFn,
     tiny_data_for: TinyDataFn,

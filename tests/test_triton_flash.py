@@ -23,7 +23,7 @@ from attention_lab.nn.attention import (
     causal_mask,
     scaled_dot_product_attention,
 )
-from attention_lab.nn.flash import dropout_keep_mask
+from attention_lab.nn.flash import dropout_keep_mask, flash_attention
 from attention_lab.nn.triton_flash import triton_flash_attention
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -122,6 +122,23 @@ def test_dropout_drops_the_entries_of_flash_dropout_keep_mask(causal) -> None:
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
     assert 0.6 < keep.float().mean() < 0.8  # about 1 - p of the entries are kept
+
+
+def test_a_drawn_seed_drops_what_flash_py_drops_with_the_same_draw() -> None:
+    """Without a seed both draw one from torch's generator, as a tensor on the device that the
+    kernels read (no sync, no graph break); a seed given as an int or a tensor is the same seed."""
+    q, k, v = _qkv(2, 2, 30, 40, 16, seed=7)
+    torch.manual_seed(3)
+    drawn = triton_flash_attention(q, k, v, dropout_p=0.3)
+    torch.manual_seed(3)
+    torch.testing.assert_close(drawn, flash_attention(q, k, v, dropout_p=0.3))
+    torch.manual_seed(3)
+    seed = int(torch.randint(2**31 - 1, ()))
+    for given in (seed, torch.tensor(seed)):
+        torch.testing.assert_close(
+            drawn, triton_flash_attention(q, k, v, dropout_p=0.3, seed=given)
+        )
+    assert not torch.allclose(drawn, triton_flash_attention(q, k, v, dropout_p=0.3))
 
 
 def test_fp16_is_close_to_the_fp32_explicit_path() -> None:

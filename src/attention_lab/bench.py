@@ -14,7 +14,8 @@
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
   size; samples/s, and tokens/s for translation, the language tasks and BERT), every attention
   kind measured in one process, interleaved, several repeats, median reported, with the ratio
-  to ``torch``; with ``--compile``, each kind also compiled, with its speed-up over eager; with
+  to ``torch``; with ``--compile``, each kind also compiled, with its speed-up over eager and
+  the graph breaks torch.compile met in its forward pass (0 when the model is one graph); with
   ``--inference``, forward passes in eval mode instead (no dropout, no gradients: where fused
   kernels run); ``--precision bf16`` runs the forward under autocast. Each row also gives the
   model's TFLOP/s (FLOPs of one step counted by PyTorch's ``FlopCounterMode`` on the textbook
@@ -485,17 +486,7 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     peak = args.peak_tflops or peak_tflops(device, args.precision)
     rows = []
     for experiment in args.experiments:
-        cfg = None if experiment in SIZED_MODELS else _experiment_config(experiment, args.overrides)
-        words = cfg is not None and ("src_vocab_size" in cfg.model or "vocab_size" in cfg.model)
-        if words:  # the data decide these in a real run; none is read here
-            synthetic_data = SimpleNamespace(
-                src_vocab_size=cfg.data.vocab_size,
-                tgt_vocab_size=cfg.data.vocab_size,
-                vocab_size=cfg.data.vocab_size,
-                num_tags=len(UPOS_TAGS),
-                max_len=max(cfg.data.max_len, args.seq_len + 1),
-            )
-            fill_model_settings_from_data(cfg, synthetic_data)
+        cfg = _synthetic_config(experiment, args)
         variants = {
             (kind, compiled): _train_variant(args, experiment, cfg, kind, compiled)
             for kind in args.kinds
@@ -505,7 +496,7 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         # FlashAttention's recomputation and kernels the counter cannot see are not in it).
         flops = _step_flops(_train_variant(args, experiment, cfg, "scratch", False)[0])
         for repeat in range(args.repeats):
-            for (kind, compiled), (step, samples, tokens, memory) in variants.items():
+            for (kind, compiled), (step, samples, tokens, memory, breaks) in variants.items():
                 seconds = _median_time(step, args.min_time)
                 tflops = flops / seconds / 1e12
                 rows.append(
@@ -522,25 +513,43 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                         "gflop_per_step": flops / 1e9,
                         "model_tflops": tflops,
                         "mfu": tflops / peak if peak else math.nan,
+                        "graph_breaks": breaks,
                     }
                 )
     return rows
 
 
+def _synthetic_config(experiment: str, args: argparse.Namespace) -> DictConfig | None:
+    """The experiment's config (None for SIZED_MODELS), with the model settings that a real run
+    takes from its data set filled in for synthetic sentences of ``--seq-len`` tokens."""
+    if experiment in SIZED_MODELS:
+        return None
+    cfg = _experiment_config(experiment, args.overrides)
+    if "src_vocab_size" in cfg.model or "vocab_size" in cfg.model:
+        synthetic_data = SimpleNamespace(
+            src_vocab_size=cfg.data.vocab_size,
+            tgt_vocab_size=cfg.data.vocab_size,
+            vocab_size=cfg.data.vocab_size,
+            num_tags=len(UPOS_TAGS),
+            max_len=max(cfg.data.max_len, args.seq_len + 1),
+        )
+        fill_model_settings_from_data(cfg, synthetic_data)
+    return cfg
+
+
 def _train_variant(
     args: argparse.Namespace, experiment: str, cfg: DictConfig | None, kind: str, compiled: bool
-) -> tuple[Callable[[], None], int, int, float]:
+) -> tuple[Callable[[], None], int, int, float, float]:
     """One model's step (training, or inference with ``--inference``), the samples and tokens
-    it takes, and the memory it needs. ``cfg`` is the experiment's, None for SIZED_MODELS."""
+    it takes, the memory it needs, and (compiled) its graph breaks. ``cfg`` is the experiment's,
+    None for SIZED_MODELS."""
     device, autocast = torch.device(args.device), DTYPES[args.precision]
     torch.manual_seed(0)
     if cfg is None:
         net = _sized_model(experiment, kind).to(device).train()
-        if compiled:
-            net.compile()
         step_loss = _sized_step(experiment, net, device, args.sized_batch, args.seq_len)
     else:
-        cfg.model.attention, cfg.model.compile = kind, compiled
+        cfg.model.attention, cfg.model.compile = kind, False  # compiled below, as build_model does
         net = build_model(cfg).to(device).train()
         if "src_vocab_size" in cfg.model:
             step_loss = _translation_step(cfg, net, device, args.seq_len)
@@ -551,11 +560,25 @@ def _train_variant(
     loss, samples, tokens = step_loss
     if args.inference:
         net.eval()  # no dropout: the fused kernels can run
+    breaks = graph_breaks(loss, device, autocast) if compiled else math.nan
+    if compiled:
+        net.compile()
+    if args.inference:
         step = partial(_inference_step, loss, device, autocast)
-        return step, samples, tokens, _step_memory(step, None, device, compiled)
+        return step, samples, tokens, _step_memory(step, None, device, compiled), breaks
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     step = partial(_train_step, loss, optimizer, device, autocast)
-    return step, samples, tokens, _step_memory(step, loss, device, compiled)
+    return step, samples, tokens, _step_memory(step, loss, device, compiled), breaks
+
+
+def graph_breaks(
+    loss: Callable[[], torch.Tensor], device: torch.device, autocast: torch.dtype | None
+) -> int:
+    """How many times torch.compile's tracer (Dynamo) breaks the forward pass of ``loss``, an
+    uncompiled model's, into separate graphs (0: one graph, as compiling means to give it).
+    Each break runs Python between graphs and keeps the compiler from fusing across it."""
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        return torch._dynamo.explain(loss)().graph_break_count
 
 
 def _step_memory(
@@ -584,7 +607,8 @@ def _rate(value: float) -> str:
 def train_table(rows: list[dict]) -> str:
     """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, the range
     over repeats, the ratio to torch (compiled or not alike), for compiled rows the speed-up
-    over eager, the memory of a step with its ratio to torch, and the model's FLOPs per second
+    over eager and its graph breaks, the memory of a step with its ratio to torch, and the
+    model's FLOPs per second
     (its counted FLOPs per step over the median step time) with MFU, their share of the
     device's peak (where known)."""
     keys = ("experiment", "kind", "compiled")
@@ -595,11 +619,12 @@ def train_table(rows: list[dict]) -> str:
     memory = _summarise(rows, keys, "memory_mib")
     tflops = _summarise(rows, keys, "model_tflops")
     mfu = _summarise(rows, keys, "mfu")
+    breaks = _summarise(rows, keys, "graph_breaks", max)
     lines = [
         "| experiment | kind | compiled | samples/s (median) | samples/s (range) "
-        "| tokens/s (median) | vs torch | vs eager | memory (MiB) | memory vs torch "
-        "| model TFLOP/s | MFU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tokens/s (median) | vs torch | vs eager | graph breaks | memory (MiB) "
+        "| memory vs torch | model TFLOP/s | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key in sorted(rate):
         experiment, kind, compiled = key
@@ -613,7 +638,8 @@ def train_table(rows: list[dict]) -> str:
         lines.append(
             f"| {experiment} | {kind} | {'yes' if compiled else 'no'} | {_rate(rate[key])} "
             f"| {_rate(low[key])}–{_rate(high[key])} | {token_cell} | {vs_torch} | {vs_eager} "
-            f"| {mib_cell} | {mib_ratio} | {tflops[key]:.3g} "
+            f"| {f'{breaks[key]:.0f}' if compiled else '–'} | {mib_cell} | {mib_ratio} "
+            f"| {tflops[key]:.3g} "
             f"| {'–' if math.isnan(mfu[key]) else f'{100 * mfu[key]:.3g}%'} |"
         )
     return "\n".join(lines)

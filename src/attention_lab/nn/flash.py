@@ -82,7 +82,7 @@ def flash_attention(
     *,
     causal: bool = False,
     dropout_p: float = 0.0,
-    seed: int | None = None,
+    seed: int | Tensor | None = None,
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
     need_weights: bool = False,
@@ -92,8 +92,9 @@ def flash_attention(
     q: (..., T, d_k), k: (..., S, d_k), v: (..., S, d_v), the same leading dims.
     mask: boolean (True = may attend) or float (added to the scores), broadcastable to
     (..., T, S); ``causal`` adds the causal mask (and skips the blocks it hides).
-    dropout_p: attention dropout; the keep-mask comes from ``seed`` (drawn from torch's global
-    generator when None, so ``torch.manual_seed`` makes a run repeatable).
+    dropout_p: attention dropout; the keep-mask comes from ``seed``, an int or a one-element
+    integer tensor (drawn from torch's generator on q's device when None, so ``torch.manual_seed``
+    makes a run repeatable).
     Returns the output (..., T, d_v). It never forms the weights: ``need_weights=True`` is
     refused; ``MultiHeadAttention`` falls back to the explicit path when asked for them.
     """
@@ -115,8 +116,9 @@ def flash_attention(
     if mask is not None:
         _check_mask(mask, q.shape[:-1] + k.shape[-2:-1])
     if dropout_p > 0.0 and seed is None:
-        seed = int(torch.randint(2**31 - 1, ()).item())
-    return _FlashAttention.apply(q, k, v, mask, causal, dropout_p, seed or 0, block_q, block_k)
+        # A tensor, never read back: no device sync, and torch.compile traces it unbroken.
+        seed = torch.randint(2**31 - 1, (), device=q.device)
+    return _FlashAttention.apply(q, k, v, mask, causal, dropout_p, seed, block_q, block_k)
 
 
 def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
@@ -156,7 +158,7 @@ class _FlashAttention(torch.autograd.Function):
         mask: Tensor | None,
         causal: bool,
         dropout_p: float,
-        seed: int,
+        seed: int | Tensor | None,
         block_q: int,
         block_k: int,
     ) -> Tensor:
@@ -315,7 +317,7 @@ def _add_product(total: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Non
 
 
 def _dropout_scale(
-    seed: int, p: float, lead: list[int], i0: int, i1: int, j0: int, j1: int, like: Tensor
+    seed: int | Tensor, p: float, lead: list[int], i0: int, i1: int, j0: int, j1: int, like: Tensor
 ) -> Tensor:
     """Z_ij: 1 / (1 - p) where the entry is kept, 0 where dropped, for one block (N, B_r, B_c)."""
     keep = dropout_keep_mask(seed, p, lead, range(i0, i1), range(j0, j1), device=like.device)
@@ -323,7 +325,7 @@ def _dropout_scale(
 
 
 def dropout_keep_mask(
-    seed: int,
+    seed: int | Tensor,
     p: float,
     lead: list[int] | torch.Size,
     rows: range,
@@ -347,10 +349,10 @@ def dropout_keep_mask(
     return (bits >> 8) < round((1.0 - p) * 2**24)
 
 
-def seed_key(seed: int) -> int:
-    """hash(seed ^ golden ratio): the dropout hash's first step, shared with the Triton kernel.
-    A Python int (no tensor), so the kernel's launcher reads it without a device sync, and
-    torch.compile traces it without a graph break."""
+def seed_key(seed: int | Tensor) -> int | Tensor:
+    """hash(seed ^ golden ratio): the dropout hash's first step (the Triton kernel takes it on
+    the device). A Python int for an int seed, a tensor for a tensor seed: never read back, so
+    neither syncs with the device nor breaks a torch.compile graph."""
     return _hash32((seed & _UINT32) ^ 0x9E3779B9)
 
 

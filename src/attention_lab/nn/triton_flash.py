@@ -44,7 +44,6 @@ import os
 import torch
 from torch import Tensor
 
-from attention_lab.nn import flash
 from attention_lab.nn.flash import _check_mask, _empty_output
 
 try:
@@ -91,7 +90,7 @@ def triton_flash_attention(
     *,
     causal: bool = False,
     dropout_p: float = 0.0,
-    seed: int | None = None,
+    seed: int | Tensor | None = None,
 ) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v by the Triton kernels, without the (T, S) weights.
 
@@ -133,9 +132,20 @@ def triton_flash_attention(
     # One dtype for the products, q's, as autocast gives a matmul (fp32 bias_k/bias_v appended
     # to bf16 keys under autocast make the keys fp32).
     k, v = k.to(q.dtype), v.to(q.dtype)
-    if dropout_p > 0.0 and seed is None:
-        seed = int(torch.randint(2**31 - 1, ()).item())
-    return _TritonFlashAttention.apply(q, k, v, mask, causal, dropout_p, seed or 0)
+    return _TritonFlashAttention.apply(q, k, v, mask, causal, dropout_p, _seed(seed, dropout_p, q))
+
+
+def _seed(seed: int | Tensor | None, dropout_p: float, q: Tensor) -> Tensor | None:
+    """The dropout seed as a one-element int64 tensor on q's device, which the kernels read
+    (None without dropout). Drawn there when not given: never read back, so no device sync, and
+    torch.compile traces it without a graph break."""
+    if dropout_p == 0.0:
+        return None
+    if seed is None:
+        return torch.randint(2**31 - 1, (), device=q.device).view(1)  # as flash.py draws it
+    if isinstance(seed, Tensor):
+        return (seed.reshape(1) & 0xFFFFFFFF).to(device=q.device, dtype=torch.int64)
+    return torch.full((1,), seed & 0xFFFFFFFF, dtype=torch.int64, device=q.device)
 
 
 def _bias(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
@@ -165,15 +175,14 @@ class _TritonFlashAttention(torch.autograd.Function):
                 *_strides(q, k, v, out), *_bias_args(bias, q),
                 *_sizes_and_dropout(q, k, seed, dropout_p), **settings,
             )  # fmt: skip
-        ctx.save_for_backward(q, k, v, out, log_sum_exp, *(() if bias is None else (bias,)))
-        ctx.settings = (causal, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, out, log_sum_exp, bias, seed)
+        ctx.settings = (causal, dropout_p)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, log_sum_exp, *maybe_bias = ctx.saved_tensors
-        bias = maybe_bias[0] if maybe_bias else None
-        causal, dropout_p, seed = ctx.settings
+        q, k, v, out, log_sum_exp, bias, seed = ctx.saved_tensors
+        causal, dropout_p = ctx.settings
         batch, heads, tgt_len, _ = q.shape
         grad_out = grad_out.to(q.dtype)  # the products pair it with q, k and v
         # D_i = rowsum(dO_i * O_i): (B H, T), fp32, rows contiguous as the kernels index them
@@ -213,12 +222,12 @@ def _bias_args(bias: Tensor | None, q: Tensor) -> tuple:
     return (bias, *bias.stride())
 
 
-def _sizes_and_dropout(q: Tensor, k: Tensor, seed: int, p: float) -> tuple:
-    """heads, T, S, the scale 1 / sqrt(d), and dropout's hash key, keep threshold and scale."""
-    seeded = flash.seed_key(seed)
+def _sizes_and_dropout(q: Tensor, k: Tensor, seed: Tensor | None, p: float) -> tuple:
+    """heads, T, S, the scale 1 / sqrt(d), and dropout's seed (a dummy pointer without
+    dropout), keep threshold and scale."""
     keep_threshold = round((1.0 - p) * 2**24)  # kept when the hash's top 24 bits fall below
-    return (q.size(1), q.size(2), k.size(2), 1.0 / math.sqrt(q.size(-1)), seeded,
-            keep_threshold, 1.0 / (1.0 - p))  # fmt: skip
+    return (q.size(1), q.size(2), k.size(2), 1.0 / math.sqrt(q.size(-1)),
+            q if seed is None else seed, keep_threshold, 1.0 / (1.0 - p))  # fmt: skip
 
 
 def _kernel_settings(q: Tensor, bias: Tensor | None, causal: bool, dropout_p: float) -> dict:
@@ -277,6 +286,14 @@ if triton is not None:
         return x ^ (x >> 16)
 
     @triton.jit
+    def _seed_key(Seed, DROPOUT: tl.constexpr):
+        """flash.seed_key of the seed tensor: hash(seed ^ golden ratio) (0 without dropout)."""
+        key = tl.full([], 0, tl.uint32)
+        if DROPOUT:
+            key = _hash32(tl.load(Seed).to(tl.uint32) ^ tl.full([], 0x9E3779B9, tl.uint32))
+        return key
+
+    @triton.jit
     def _keep(seeded, bh, rows, cols, threshold):
         """Z's pattern for rows x cols of head bh: True where dropout keeps the entry."""
         head_key = _hash32(bh.to(tl.uint32) ^ seeded.to(tl.uint32))
@@ -322,7 +339,7 @@ if triton is not None:
             grad_p = tl.where(keep, grad_p * keep_scale, 0.0)
         return applied, p * (grad_p - delta[:, None])
 
-    @triton.jit(do_not_specialize=["seeded"])  # an argument equal to 1 would be constexpr
+    @triton.jit
     def _forward(
         Q, K, V, Out, L,
         stride_qb, stride_qh, stride_ql, stride_qd,
@@ -330,13 +347,14 @@ if triton is not None:
         stride_vb, stride_vh, stride_vl, stride_vd,
         stride_ob, stride_oh, stride_ol, stride_od,
         Bias, stride_bb, stride_bh, stride_bt, stride_bs,
-        heads, tgt_len, src_len, scale, seeded, threshold, keep_scale,
+        heads, tgt_len, src_len, scale, Seed, threshold, keep_scale,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """O_i = softmax(S_i.) V and L_i = log sum_j exp S_ij for one query block i."""
         bh, block = tl.program_id(0), tl.program_id(1)
+        seeded = _seed_key(Seed, DROPOUT)  # dropout's hash key
         b, h = (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)  # no int32 overflow
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions t
         dims = tl.arange(0, BLOCK_D)
@@ -376,7 +394,7 @@ if triton is not None:
         log_sum_exp = tl.where(empty, float("inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
         tl.store(L + bh * tgt_len + rows, log_sum_exp, mask=rows < tgt_len)
 
-    @triton.jit(do_not_specialize=["seeded"])  # an argument equal to 1 would be constexpr
+    @triton.jit
     def _backward_dk_dv(
         Q, K, V, dO, L, Delta, dK, dV,
         stride_dkb, stride_dkh, stride_dkl, stride_dkd,
@@ -386,13 +404,14 @@ if triton is not None:
         stride_vb, stride_vh, stride_vl, stride_vd,
         stride_gb, stride_gh, stride_gl, stride_gd,
         Bias, stride_bb, stride_bh, stride_bt, stride_bs,
-        heads, tgt_len, src_len, scale, seeded, threshold, keep_scale,
+        heads, tgt_len, src_len, scale, Seed, threshold, keep_scale,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """dK_j and dV_j for one key block j, summed over the query blocks that see it."""
         bh, block = tl.program_id(0), tl.program_id(1)
+        seeded = _seed_key(Seed, DROPOUT)  # dropout's hash key
         b, h = (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)  # no int32 overflow
         cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # key positions s
         dims = tl.arange(0, BLOCK_D)
@@ -432,7 +451,7 @@ if triton is not None:
         )
         _store_block(grad_v_base, grad_v, cols, dims, stride_dvl, stride_dvd, src_len, HEAD_DIM)
 
-    @triton.jit(do_not_specialize=["seeded"])  # an argument equal to 1 would be constexpr
+    @triton.jit
     def _backward_dq(
         Q, K, V, dO, L, Delta, dQ,
         stride_dqb, stride_dqh, stride_dql, stride_dqd,
@@ -441,13 +460,14 @@ if triton is not None:
         stride_vb, stride_vh, stride_vl, stride_vd,
         stride_gb, stride_gh, stride_gl, stride_gd,
         Bias, stride_bb, stride_bh, stride_bt, stride_bs,
-        heads, tgt_len, src_len, scale, seeded, threshold, keep_scale,
+        heads, tgt_len, src_len, scale, Seed, threshold, keep_scale,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """dQ_i for one query block i, summed over the key blocks it sees."""
         bh, block = tl.program_id(0), tl.program_id(1)
+        seeded = _seed_key(Seed, DROPOUT)  # dropout's hash key
         b, h = (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)  # no int32 overflow
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions t
         dims = tl.arange(0, BLOCK_D)
