@@ -15,7 +15,7 @@ from attention_lab.bench import (
     _sized_model,
     _step_flops,
     _synthetic_config,
-    _train_variant,
+    count_graph_breaks,
     main,
 )
 from attention_lab.nn.attention import PORTABLE_KINDS
@@ -132,6 +132,11 @@ def test_flash_block_benchmark_ranks_block_sizes(tmp_path: Path) -> None:
     assert all(t > 0 for t in times) and times == sorted(times)  # fastest first
 
 
+def test_flash_blocks_takes_only_the_kinds_with_blocks(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["flash-blocks", "--kinds", "scratch", "--out", str(tmp_path)])
+
+
 def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:
     main(
         [
@@ -203,6 +208,8 @@ def test_train_benchmark_counts_translation_tokens_and_compiled_speedup(tmp_path
     compiled_row = table["multi30k_transformer", "scratch", "yes"]
     vs_eager = compiled_row["vs eager"]
     assert vs_eager.endswith("x") and float(vs_eager[:-1]) > 0  # the speed-up over eager
+    assert compiled_row["graph breaks"] == "0"  # one graph, dropout included
+    assert table["multi30k_transformer", "scratch", "no"]["graph breaks"] == "–"
     # saved tensors of compiled graphs: not seen
     assert (compiled_row["memory (MiB)"], compiled_row["memory vs torch"]) == ("–", "–")
     assert ("multi30k_transformer", "scratch", "no") in table
@@ -344,5 +351,4 @@ def test_every_model_compiles_to_one_graph_with_every_portable_kind(
     if cfg is not None and "n_layers" in cfg.model:
         cfg.model.n_layers = 1  # a break would be in every layer alike
     for kind in PORTABLE_KINDS:
-        *_, breaks = _train_variant(args, experiment, cfg, kind, compiled=True)
-        assert breaks == 0, kind
+        assert count_graph_breaks(args, experiment, cfg, kind) == 0, kind

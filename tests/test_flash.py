@@ -162,8 +162,11 @@ class TestDropout:
         torch.manual_seed(0)
         seed = int(torch.randint(2**31 - 1, ()))
         torch.testing.assert_close(drawn, flash_attention(q, k, v, dropout_p=self.P, seed=seed))
-        as_tensor = flash_attention(q, k, v, dropout_p=self.P, seed=torch.tensor(seed))
-        torch.testing.assert_close(drawn, as_tensor)
+        for dtype in (torch.int64, torch.int32):  # an int32 seed hashed in int32 would wrap
+            as_tensor = torch.tensor(seed, dtype=dtype)
+            torch.testing.assert_close(
+                drawn, flash_attention(q, k, v, dropout_p=self.P, seed=as_tensor)
+            )
 
     def test_dropout_without_a_seed_compiles_to_one_graph(self) -> None:
         # The seed is drawn as a tensor and never read back: fullgraph=True refuses any break

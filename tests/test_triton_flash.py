@@ -7,6 +7,7 @@ checked by the same tests on a GPU, and in every dtype by tests/test_gpu.py.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attention_lab.bench import main
 from attention_lab.nn import triton_flash
 from attention_lab.nn.attention import (
     MultiHeadAttention,
@@ -141,6 +143,41 @@ def test_a_drawn_seed_drops_what_flash_py_drops_with_the_same_draw() -> None:
     assert not torch.allclose(drawn, triton_flash_attention(q, k, v, dropout_p=0.3))
 
 
+@pytest.mark.parametrize(("block_q", "block_k"), [(16, 16), (16, 64), (128, 32)])
+def test_the_result_does_not_depend_on_the_block_sizes(block_q, block_k) -> None:
+    """Any blocks compute the same attention, causal, padded and with dropout (whose bits depend
+    on positions only); ``bench flash-blocks --kinds scratch_triton`` times them."""
+    q, k, v = _qkv(2, 2, 70, 90, 16, seed=8)
+    mask = (torch.rand(2, 1, 1, 90, generator=torch.Generator().manual_seed(9)) > 0.3).to(DEVICE)
+    grad_out = torch.randn_like(q)
+
+    def run(**blocks):
+        return _with_grads(
+            lambda *x: triton_flash_attention(
+                *x, mask, causal=True, dropout_p=0.2, seed=5, **blocks
+            ),
+            q, k, v, grad_out,
+        )  # fmt: skip
+
+    blocked, default = run(block_q=block_q, block_k=block_k), run()
+    for name, a, b in zip(("out", "dq", "dk", "dv"), blocked, default, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_bench_flash_blocks_times_the_triton_kernel(tmp_path: Path) -> None:
+    settings = (
+        "--seq-lens 40 --block-sizes 16 32 --batch 1 --d-model 32 --heads 2 --repeats 1 "
+        "--min-time 0.01"
+    )
+    main(["flash-blocks", "--kinds", "scratch_triton", "--out", str(tmp_path), *settings.split()])
+    with (tmp_path / "flash-blocks.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["kind"], r["dtype"], r["block_q"], r["block_k"]) for r in rows} == {
+        ("scratch_triton", "fp32", q, k) for q in ("16", "32") for k in ("16", "32")
+    }
+    assert all(float(r["ms"]) > 0 for r in rows)
+
+
 def test_fp16_is_close_to_the_fp32_explicit_path() -> None:
     """fp16 products, fp32 accumulation (bf16 is checked on a GPU by tests/test_gpu.py: Triton's
     CPU interpreter multiplies bf16 blocks wrongly, so it cannot check bf16 here)."""
@@ -203,6 +240,10 @@ def test_bad_inputs_name_what_to_change(monkeypatch) -> None:
         triton_flash_attention(q[0], k[0], v[0])
     with pytest.raises(ValueError, match="mask requires grad"):
         triton_flash_attention(q, k, v, torch.zeros(8, 8, device=DEVICE, requires_grad=True))
+    with pytest.raises(ValueError, match="block_q=48 must be a power of two from 16"):
+        triton_flash_attention(q, k, v, block_q=48)
+    with pytest.raises(ValueError, match="block_k=8 must be a power of two from 16"):
+        MultiHeadAttention(32, 2, kernel="triton", block_k=8)
     monkeypatch.setattr(triton_flash, "interpreted", lambda: False)
     cpu = [x.detach().cpu() for x in (q, k, v)]
     with pytest.raises(RuntimeError, match=r"CUDA GPU \(trainer=gpu\).*TRITON_INTERPRET=1"):
@@ -229,6 +270,6 @@ def test_the_kernels_compile_for_hopper_within_its_on_chip_memory(tmp_path: Path
         pytest.skip(result.stderr.strip())
     assert result.returncode == 0, result.stderr[-3000:]
     compiled = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(compiled) == 12  # three kernels in each of four settings
+    assert len(compiled) == 15  # three kernels in each of five settings
     for kernel in compiled:
         assert 0 < kernel["shared_bytes"] <= HOPPER_SHARED_BYTES, kernel

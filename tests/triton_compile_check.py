@@ -30,11 +30,12 @@ from attention_lab.nn import triton_flash
 
 TARGET = GPUTarget("cuda", 90, 32)
 BACKEND = make_backend(TARGET)
-SETTINGS = [  # dtype, head size, causal, mask, dropout: the largest program of each path
-    ("float16", 128, True, "padding", 0.1),
-    ("bfloat16", 256, False, "float", 0.1),
-    ("float32", 128, True, "padding", 0.0),
-    ("float32", 256, False, None, 0.0),
+SETTINGS = [  # dtype, head size, causal, mask, dropout, blocks: the largest program of each path
+    ("float16", 128, True, "padding", 0.1, None),
+    ("bfloat16", 256, False, "float", 0.1, None),
+    ("float32", 128, True, "padding", 0.0, None),
+    ("float32", 256, False, None, 0.0, None),
+    ("bfloat16", 64, True, "padding", 0.1, (128, 64)),  # blocks tuned kernels take at d = 64
 ]
 
 
@@ -66,8 +67,8 @@ def main() -> None:
         for name in ("_forward", "_backward_dk_dv", "_backward_dq")
     }
     triton_flash.interpreted = lambda: True  # the tensors stay on the CPU: nothing is launched
-    for dtype_name, head_dim, causal, mask_kind, dropout in SETTINGS:
-        setting = [dtype_name, head_dim, causal, mask_kind, dropout]
+    for dtype_name, head_dim, causal, mask_kind, dropout, blocks in SETTINGS:
+        setting = [dtype_name, head_dim, causal, mask_kind, dropout, blocks]
         for name, kernel in kernels.items():
             setattr(triton_flash, name, _Compile(kernel, setting))
         dtype = getattr(torch, dtype_name)
@@ -81,8 +82,9 @@ def main() -> None:
             "float": torch.randn(2, 3, 100, 130),
         }[mask_kind]
         out = triton_flash.triton_flash_attention(
-            q, k, v, mask, causal=causal, dropout_p=dropout, seed=1
-        )
+            q, k, v, mask, causal=causal, dropout_p=dropout, seed=1,
+            block_q=blocks and blocks[0], block_k=blocks and blocks[1],
+        )  # fmt: skip
         out.backward(torch.randn_like(out))
 
 

@@ -9,8 +9,8 @@
   with its ``is_causal`` hint; ours get ``is_causal`` alone. ``--sdpa-backends flash efficient``
   adds ``scratch_fused`` held to each of PyTorch's backends: the kernels to measure our
   FlashAttention (``scratch_flash``, ``scratch_triton``) against.
-- ``flash-blocks``: ``scratch_flash`` over a grid of (block_q, block_k): how its default block
-  sizes were chosen.
+- ``flash-blocks``: ``scratch_flash`` (``--kinds scratch_triton``: the Triton kernel) over a
+  grid of (block_q, block_k), per ``--dtypes``: how the default block sizes are chosen.
 - ``train``: training throughput of whole models (synthetic batches of the experiment's batch
   size; samples/s, and tokens/s for translation, the language tasks and BERT), every attention
   kind measured in one process, interleaved, several repeats, median reported, with the ratio
@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -54,6 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attention_lab.data.ud import UPOS_TAGS
 from attention_lab.models import Bert, BertSentimentClassifier, VisionTransformer
+from attention_lab.nn import triton_flash
 from attention_lab.nn.attention import (
     ATTENTION_KINDS,
     PORTABLE_KINDS,
@@ -210,53 +213,75 @@ def _time_and_memory(
     return seconds, _saved_bytes(forward)
 
 
+# The kinds whose block sizes ``flash-blocks`` tries, their MultiHeadAttention kernels, and the
+# sizes tried unless told (a Triton program holds its blocks on chip: 128 is about its limit).
+BLOCK_KERNELS = {"scratch_flash": "flash", "scratch_triton": "triton"}
+BLOCK_SIZES = {"scratch_flash": [64, 128, 256, 512, 1024], "scratch_triton": [32, 64, 128]}
+
+
 def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
-    """scratch_flash, forward + backward, over a grid of block sizes: how the defaults were
-    chosen."""
+    """scratch_flash (or, ``--kinds scratch_triton``, the Triton kernel), forward + backward,
+    over a grid of block sizes: how the defaults were chosen. Block sizes a GPU cannot hold
+    on chip (Triton says so when it compiles) are left out with a line."""
     device = torch.device(args.device)
     rows = []
-    for mask in args.masks:
-        for seq_len in args.seq_lens:
-            x = torch.randn(args.batch, seq_len, args.d_model, device=device)
-            for repeat in range(args.repeats):
-                for block_q in args.block_sizes:
-                    for block_k in args.block_sizes:
-                        torch.manual_seed(0)
-                        layer = MultiHeadAttention(
-                            args.d_model,
-                            args.heads,
-                            batch_first=True,
-                            kernel="flash",
-                            block_q=block_q,
-                            block_k=block_k,
-                        ).to(device)
-                        forward = partial(
-                            _attention_forward,
-                            layer,
-                            x.clone().requires_grad_(),
-                            device,
-                            None,
-                            mask == "causal",
-                        )
-                        seconds, _ = _time_and_memory(forward, device, args.min_time)
-                        rows.append(
-                            {
-                                "mask": mask,
-                                "seq_len": seq_len,
-                                "block_q": block_q,
-                                "block_k": block_k,
-                                "repeat": repeat,
-                                "ms": 1000 * seconds,
-                            }
-                        )
+    for kind, dtype_name, mask, seq_len in itertools.product(
+        args.kinds, args.dtypes, args.masks, args.seq_lens
+    ):
+        x = torch.randn(args.batch, seq_len, args.d_model, device=device)
+        too_large = set()
+        sizes = args.block_sizes or BLOCK_SIZES[kind]
+        for repeat, block_q, block_k in itertools.product(range(args.repeats), sizes, sizes):
+            if (block_q, block_k) in too_large:
+                continue
+            torch.manual_seed(0)
+            layer = MultiHeadAttention(
+                args.d_model,
+                args.heads,
+                batch_first=True,
+                kernel=BLOCK_KERNELS[kind],
+                block_q=block_q,
+                block_k=block_k,
+            ).to(device)
+            forward = partial(
+                _attention_forward,
+                layer,
+                x.clone().requires_grad_(),
+                device,
+                DTYPES[dtype_name],
+                mask == "causal",
+            )
+            try:
+                seconds, _ = _time_and_memory(forward, device, args.min_time)
+            except triton_flash.OutOfResources:
+                too_large.add((block_q, block_k))
+                print(f"{kind} {dtype_name}: blocks {block_q} x {block_k} do not fit; left out")
+                continue
+            rows.append(
+                {
+                    "kind": kind,
+                    "dtype": dtype_name,
+                    "mask": mask,
+                    "seq_len": seq_len,
+                    "block_q": block_q,
+                    "block_k": block_k,
+                    "repeat": repeat,
+                    "ms": 1000 * seconds,
+                }
+            )
     return rows
 
 
 def flash_blocks_table(rows: list[dict]) -> str:
-    """Markdown: median ms per block size pair, fastest first within each mask and length."""
-    ms = _summarise(rows, ("mask", "seq_len", "block_q", "block_k"), "ms")
-    lines = ["| mask | T | block_q | block_k | fwd+bwd ms |", "| --- | --- | --- | --- | --- |"]
-    for key in sorted(ms, key=lambda k: (k[0], k[1], ms[k])):
+    """Markdown: median ms per block size pair, fastest first within each kind, dtype, mask and
+    length."""
+    keys = ("kind", "dtype", "mask", "seq_len", "block_q", "block_k")
+    ms = _summarise(rows, keys, "ms")
+    lines = [
+        "| kind | dtype | mask | T | block_q | block_k | fwd+bwd ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in sorted(ms, key=lambda k: (*k[:4], ms[k])):
         lines.append("| " + " | ".join(map(str, key)) + f" | {ms[key]:.2f} |")
     return "\n".join(lines)
 
@@ -487,6 +512,9 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     rows = []
     for experiment in args.experiments:
         cfg = _synthetic_config(experiment, args)
+        breaks = {}
+        if args.compile:  # counted before anything is compiled: explain() resets Dynamo
+            breaks = {k: count_graph_breaks(args, experiment, cfg, k) for k in args.kinds}
         variants = {
             (kind, compiled): _train_variant(args, experiment, cfg, kind, compiled)
             for kind in args.kinds
@@ -496,7 +524,7 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         # FlashAttention's recomputation and kernels the counter cannot see are not in it).
         flops = _step_flops(_train_variant(args, experiment, cfg, "scratch", False)[0])
         for repeat in range(args.repeats):
-            for (kind, compiled), (step, samples, tokens, memory, breaks) in variants.items():
+            for (kind, compiled), (step, samples, tokens, memory) in variants.items():
                 seconds = _median_time(step, args.min_time)
                 tflops = flops / seconds / 1e12
                 rows.append(
@@ -513,7 +541,7 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
                         "gflop_per_step": flops / 1e9,
                         "model_tflops": tflops,
                         "mfu": tflops / peak if peak else math.nan,
-                        "graph_breaks": breaks,
+                        "graph_breaks": breaks[kind] if compiled else math.nan,
                     }
                 )
     return rows
@@ -537,47 +565,58 @@ def _synthetic_config(experiment: str, args: argparse.Namespace) -> DictConfig |
     return cfg
 
 
-def _train_variant(
-    args: argparse.Namespace, experiment: str, cfg: DictConfig | None, kind: str, compiled: bool
-) -> tuple[Callable[[], None], int, int, float, float]:
-    """One model's step (training, or inference with ``--inference``), the samples and tokens
-    it takes, the memory it needs, and (compiled) its graph breaks. ``cfg`` is the experiment's,
-    None for SIZED_MODELS."""
-    device, autocast = torch.device(args.device), DTYPES[args.precision]
+def _model_and_loss(
+    args: argparse.Namespace, experiment: str, cfg: DictConfig | None, kind: str
+) -> tuple[nn.Module, Callable[[], torch.Tensor], int, int]:
+    """One model with ``kind`` attention, not compiled (in eval mode with ``--inference``), its
+    loss on a synthetic batch, and the samples and tokens that batch holds. ``cfg`` is the
+    experiment's, None for SIZED_MODELS."""
+    device = torch.device(args.device)
     torch.manual_seed(0)
     if cfg is None:
         net = _sized_model(experiment, kind).to(device).train()
-        step_loss = _sized_step(experiment, net, device, args.sized_batch, args.seq_len)
+        loss, samples, tokens = _sized_step(experiment, net, device, args.sized_batch, args.seq_len)
     else:
-        cfg.model.attention, cfg.model.compile = kind, False  # compiled below, as build_model does
+        cfg.model.attention, cfg.model.compile = kind, False  # compiled by the caller
         net = build_model(cfg).to(device).train()
         if "src_vocab_size" in cfg.model:
-            step_loss = _translation_step(cfg, net, device, args.seq_len)
+            loss, samples, tokens = _translation_step(cfg, net, device, args.seq_len)
         elif "vocab_size" in cfg.model:
-            step_loss = _text_step(cfg, net, device, args.seq_len)
+            loss, samples, tokens = _text_step(cfg, net, device, args.seq_len)
         else:
-            step_loss = _classification_step(cfg, net, device)
-    loss, samples, tokens = step_loss
+            loss, samples, tokens = _classification_step(cfg, net, device)
     if args.inference:
         net.eval()  # no dropout: the fused kernels can run
-    breaks = graph_breaks(loss, device, autocast) if compiled else math.nan
+    return net, loss, samples, tokens
+
+
+def _train_variant(
+    args: argparse.Namespace, experiment: str, cfg: DictConfig | None, kind: str, compiled: bool
+) -> tuple[Callable[[], None], int, int, float]:
+    """One model's step (training, or inference with ``--inference``), the samples and tokens
+    it takes, and the memory it needs."""
+    device, autocast = torch.device(args.device), DTYPES[args.precision]
+    net, loss, samples, tokens = _model_and_loss(args, experiment, cfg, kind)
     if compiled:
-        net.compile()
+        net.compile()  # in place, as build_model does for model.compile=true
     if args.inference:
         step = partial(_inference_step, loss, device, autocast)
-        return step, samples, tokens, _step_memory(step, None, device, compiled), breaks
+        return step, samples, tokens, _step_memory(step, None, device, compiled)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     step = partial(_train_step, loss, optimizer, device, autocast)
-    return step, samples, tokens, _step_memory(step, loss, device, compiled), breaks
+    return step, samples, tokens, _step_memory(step, loss, device, compiled)
 
 
-def graph_breaks(
-    loss: Callable[[], torch.Tensor], device: torch.device, autocast: torch.dtype | None
+def count_graph_breaks(
+    args: argparse.Namespace, experiment: str, cfg: DictConfig | None, kind: str
 ) -> int:
-    """How many times torch.compile's tracer (Dynamo) breaks the forward pass of ``loss``, an
-    uncompiled model's, into separate graphs (0: one graph, as compiling means to give it).
-    Each break runs Python between graphs and keeps the compiler from fusing across it."""
-    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+    """How many times torch.compile's tracer (Dynamo) breaks the forward pass of the model
+    with ``kind`` attention into separate graphs (0: one graph, as compiling means to give it).
+    Each break runs Python between graphs and keeps the compiler from fusing across it.
+    Dynamo's ``explain`` resets what Dynamo has compiled so far: count before compiling."""
+    autocast = DTYPES[args.precision]
+    _, loss, _, _ = _model_and_loss(args, experiment, cfg, kind)
+    with torch.autocast(args.device.split(":")[0], dtype=autocast, enabled=autocast is not None):
         return torch._dynamo.explain(loss)().graph_break_count
 
 
@@ -718,8 +757,8 @@ def main(argv: list[str] | None = None) -> None:
         "--block-sizes",
         type=int,
         nargs="+",
-        default=[64, 128, 256, 512, 1024],
-        help="flash-blocks: the block sizes tried for block_q and block_k",
+        help="flash-blocks: the block sizes tried for block_q and block_k (default: 64 to 1024 "
+        "for scratch_flash, 32 to 128 for scratch_triton)",
     )
     parser.add_argument(
         "--seq-len",
@@ -754,6 +793,10 @@ def main(argv: list[str] | None = None) -> None:
         "--overrides", nargs="*", default=[], help="Hydra overrides, e.g. data.batch_size=256"
     )
     args = parser.parse_args(argv)
+    if args.what == "flash-blocks":
+        args.kinds = args.kinds or ["scratch_flash"]
+        if set(args.kinds) - set(BLOCK_KERNELS):
+            parser.error(f"flash-blocks: --kinds takes {' and/or '.join(BLOCK_KERNELS)}")
     if args.kinds is None:
         args.kinds = list(ATTENTION_KINDS if args.device.startswith("cuda") else PORTABLE_KINDS)
     if args.experiments is None:
@@ -778,6 +821,8 @@ def main(argv: list[str] | None = None) -> None:
         table = "| experiment | data samples/s (median) |\n| --- | --- |\n" + "\n".join(
             f"| {experiment} | {value:.0f} |" for (experiment,), value in sorted(rate.items())
         )
+    if not rows:
+        sys.exit(f"{args.what}: nothing could be measured (see the lines above)")
     name = "inference" if args.what == "train" and args.inference else args.what
     with (args.out / f"{name}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

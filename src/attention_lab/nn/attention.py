@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attention_lab.nn.flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, flash_attention
+from attention_lab.nn.flash import flash_attention
 
 ATTENTION_KINDS = ("scratch", "scratch_fused", "scratch_flash", "scratch_triton", "torch")
 # scratch_triton is a Triton kernel: it runs on a CUDA GPU, or slowly in Triton's CPU interpreter
@@ -164,8 +164,9 @@ class MultiHeadAttention(nn.Module):
     "fused", "flash" and "triton" never form the weights; when ``need_weights`` asks for them,
     the call takes the explicit path. On the CPU, PyTorch has no fused kernel with dropout:
     "fused" in training with ``dropout > 0`` runs PyTorch's own explicit math, as
-    ``nn.MultiheadAttention`` does then too. ``block_q`` and ``block_k`` are the flash kernel's
-    block sizes.
+    ``nn.MultiheadAttention`` does then too. ``block_q`` and ``block_k`` are the "flash" and
+    "triton" kernels' block sizes (rows of queries, of keys); None, each kernel's own default
+    (flash: 256; triton: 64 mostly, by head size and dtype; given, powers of two from 16).
 
     Where it differs from ``nn.MultiheadAttention`` (torch 2.14; the first four are pinned case
     by case in ``tests/test_attention_dropin.py``):
@@ -197,8 +198,8 @@ class MultiHeadAttention(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         kernel: str = "explicit",
-        block_q: int = DEFAULT_BLOCK_Q,
-        block_k: int = DEFAULT_BLOCK_K,
+        block_q: int | None = None,
+        block_k: int | None = None,
     ) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
@@ -216,8 +217,14 @@ class MultiHeadAttention(nn.Module):
             if problem := triton_flash.available():
                 raise ValueError(problem)
         for name, size in (("block_q", block_q), ("block_k", block_k)):
+            if size is None:
+                continue
             if not isinstance(size, int) or size <= 0:
                 raise ValueError(f"{name}={size!r} must be a positive integer (a number of rows)")
+            if kernel == "triton" and (size < 16 or size & (size - 1)):
+                raise ValueError(
+                    f"{name}={size} must be a power of two from 16 for the Triton kernel"
+                )
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
@@ -289,6 +296,14 @@ class MultiHeadAttention(nn.Module):
         return tuple(
             F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases, strict=True)
         )
+
+    def _blocks(self) -> dict[str, int]:
+        """The block sizes given to the constructor, for the flash and triton kernels."""
+        return {
+            name: size
+            for name, size in (("block_q", self.block_q), ("block_k", self.block_k))
+            if size is not None
+        }
 
     def forward(
         self,
@@ -376,7 +391,7 @@ class MultiHeadAttention(nn.Module):
             from attention_lab.nn.triton_flash import triton_flash_attention
 
             out = triton_flash_attention(
-                q, k, v, mask, causal=kernel_causal, dropout_p=dropout_p
+                q, k, v, mask, causal=kernel_causal, dropout_p=dropout_p, **self._blocks()
             )  # (B, H, T, D)
         else:
             out = flash_attention(
@@ -386,8 +401,7 @@ class MultiHeadAttention(nn.Module):
                 mask,
                 causal=kernel_causal,
                 dropout_p=dropout_p,
-                block_q=self.block_q,
-                block_k=self.block_k,
+                **self._blocks(),
             )  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)  # (B, T, E)
         out = self.out_proj(out)  # (B, T, E)

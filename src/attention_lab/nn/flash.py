@@ -118,6 +118,8 @@ def flash_attention(
     if dropout_p > 0.0 and seed is None:
         # A tensor, never read back: no device sync, and torch.compile traces it unbroken.
         seed = torch.randint(2**31 - 1, (), device=q.device)
+    elif isinstance(seed, Tensor):  # hashed in int64, as ints are; a copy, kept for backward
+        seed = seed.to(device=q.device, dtype=torch.int64, copy=True)
     return _FlashAttention.apply(q, k, v, mask, causal, dropout_p, seed, block_q, block_k)
 
 

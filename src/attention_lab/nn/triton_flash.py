@@ -51,6 +51,13 @@ try:
     import triton.language as tl
 except ImportError:  # pragma: no cover - triton ships with PyTorch's Linux CUDA wheels
     triton = None
+try:  # what Triton raises when a program's blocks do not fit on chip
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover
+
+    class OutOfResources(Exception):
+        """Stands in for Triton's error where Triton (or that name) is missing."""
+
 
 MAX_HEAD_DIM = 256
 
@@ -91,6 +98,8 @@ def triton_flash_attention(
     causal: bool = False,
     dropout_p: float = 0.0,
     seed: int | Tensor | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
 ) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v by the Triton kernels, without the (T, S) weights.
 
@@ -98,6 +107,8 @@ def triton_flash_attention(
     broadcastable to (B, H, T, S); ``causal`` adds the causal mask (top-left aligned) and skips
     the blocks it hides. Dropout keeps the entries ``flash.dropout_keep_mask(seed, p, (B, H),
     ...)`` keeps, so for one seed this kernel and ``flash.flash_attention`` drop the same ones.
+    ``block_q``, ``block_k``: rows of queries and of keys per block, powers of two from 16
+    (None: ``_kernel_settings``' choice; ``bench flash-blocks --kind scratch_triton`` times them).
     Returns the output (B, H, T, d).
     """
     problem = available()
@@ -127,12 +138,16 @@ def triton_flash_attention(
         raise RuntimeError(problem)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
+    for name, size in (("block_q", block_q), ("block_k", block_k)):
+        if size is not None and (not isinstance(size, int) or size < 16 or size & (size - 1)):
+            raise ValueError(f"{name}={size!r} must be a power of two from 16 (Triton kernel)")
     if mask is not None:
         _check_mask(mask, q.shape[:-1] + k.shape[-2:-1])
     # One dtype for the products, q's, as autocast gives a matmul (fp32 bias_k/bias_v appended
     # to bf16 keys under autocast make the keys fp32).
     k, v = k.to(q.dtype), v.to(q.dtype)
-    return _TritonFlashAttention.apply(q, k, v, mask, causal, dropout_p, _seed(seed, dropout_p, q))
+    seed = _seed(seed, dropout_p, q)
+    return _TritonFlashAttention.apply(q, k, v, mask, causal, dropout_p, seed, block_q, block_k)
 
 
 def _seed(seed: int | Tensor | None, dropout_p: float, q: Tensor) -> Tensor | None:
@@ -161,13 +176,13 @@ class _TritonFlashAttention(torch.autograd.Function):
     """Launches the kernels; saves Q, K, V, O, L (and the bias), never P."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, causal, dropout_p, seed):
+    def forward(ctx, q, k, v, mask, causal, dropout_p, seed, block_q, block_k):
         batch, heads, tgt_len, head_dim = q.shape
         src_len = k.size(2)
         bias = _bias(mask, torch.Size((batch, heads, tgt_len, src_len)))
         out = _empty_output(q, tgt_len, head_dim)  # (B, H, T, d), heads-inner memory
         log_sum_exp = q.new_empty(batch * heads, tgt_len, dtype=torch.float32)  # (B H, T): L
-        settings = _kernel_settings(q, bias, causal, dropout_p)
+        settings = _kernel_settings(q, bias, causal, dropout_p, block_q, block_k)
         grid = (batch * heads, triton.cdiv(tgt_len, settings["BLOCK_M"]))
         with _on_device(q):
             _forward[grid](
@@ -176,13 +191,13 @@ class _TritonFlashAttention(torch.autograd.Function):
                 *_sizes_and_dropout(q, k, seed, dropout_p), **settings,
             )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, log_sum_exp, bias, seed)
-        ctx.settings = (causal, dropout_p)
+        ctx.settings = (causal, dropout_p, block_q, block_k)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, log_sum_exp, bias, seed = ctx.saved_tensors
-        causal, dropout_p = ctx.settings
+        causal, dropout_p, block_q, block_k = ctx.settings
         batch, heads, tgt_len, _ = q.shape
         grad_out = grad_out.to(q.dtype)  # the products pair it with q, k and v
         # D_i = rowsum(dO_i * O_i): (B H, T), fp32, rows contiguous as the kernels index them
@@ -193,7 +208,7 @@ class _TritonFlashAttention(torch.autograd.Function):
             *_strides(q, k, v, grad_out), *_bias_args(bias, q),
             *_sizes_and_dropout(q, k, seed, dropout_p),
         )  # fmt: skip
-        settings = _kernel_settings(q, bias, causal, dropout_p)
+        settings = _kernel_settings(q, bias, causal, dropout_p, block_q, block_k)
         with _on_device(q):
             _backward_dk_dv[(batch * heads, triton.cdiv(k.size(2), settings["BLOCK_N"]))](
                 q, k, v, grad_out, log_sum_exp, delta, grad_k, grad_v,
@@ -203,7 +218,7 @@ class _TritonFlashAttention(torch.autograd.Function):
                 q, k, v, grad_out, log_sum_exp, delta, grad_q,
                 *grad_q.stride(), *common, **settings,
             )  # fmt: skip
-        return grad_q, grad_k, grad_v, None, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None
 
 
 def _on_device(q: Tensor) -> contextlib.AbstractContextManager:
@@ -230,11 +245,20 @@ def _sizes_and_dropout(q: Tensor, k: Tensor, seed: Tensor | None, p: float) -> t
             q if seed is None else seed, keep_threshold, 1.0 / (1.0 - p))  # fmt: skip
 
 
-def _kernel_settings(q: Tensor, bias: Tensor | None, causal: bool, dropout_p: float) -> dict:
+def _kernel_settings(
+    q: Tensor,
+    bias: Tensor | None,
+    causal: bool,
+    dropout_p: float,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> dict:
     """The kernels' compile-time settings. Block sizes and pipelining depth keep a program's
     on-chip memory under a Hopper GPU's 227 KiB: 64 x 64 blocks with 3 stages need too much for
     d = 256 in half precision or d > 64 in fp32 (Triton's figures, compiled for sm_90), so
-    those take fewer stages (and fp32 at d > 128 smaller blocks). Not tuned for speed."""
+    those take fewer stages (and fp32 at d > 128 smaller blocks). Not tuned for speed; given
+    block sizes replace the 64s. Larger ones may not fit (bf16 128 x 64 blocks: 194 KiB for
+    dK/dV at d = 64, 306 KiB at d = 128), and Triton then raises OutOfResources."""
     head_dim, fp32 = q.size(-1), q.dtype == torch.float32
     block, stages = 64, 3
     if fp32 and head_dim > 128:
@@ -247,14 +271,14 @@ def _kernel_settings(q: Tensor, bias: Tensor | None, causal: bool, dropout_p: fl
     return {
         "HEAD_DIM": head_dim,
         "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
-        "BLOCK_M": block,
-        "BLOCK_N": block,
+        "BLOCK_M": block_q or block,
+        "BLOCK_N": block_k or block,
         "CAUSAL": causal,
         "HAS_BIAS": bias is not None,
         "DROPOUT": dropout_p > 0.0,
         "PRECISION": "ieee" if fp32 and not tf32 else "tf32",
         "num_stages": stages,
-        "num_warps": 8 if head_dim >= 128 else 4,
+        "num_warps": 8 if head_dim >= 128 or max(block_q or 0, block_k or 0) >= 128 else 4,
     }
 
 
