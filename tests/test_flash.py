@@ -128,6 +128,8 @@ class TestDropout:
         for seed in (0, 1, 7, 2**31 - 1, 2**32 + 5, -1):
             as_tensor = _hash32(torch.tensor(seed & 0xFFFFFFFF) ^ 0x9E3779B9)
             assert seed_key(seed) == int(as_tensor)
+        for seed in (0, 5, -1, 2**31 - 1):  # an int32 seed tensor hashes as the int does
+            assert int(seed_key(torch.tensor(seed, dtype=torch.int32))) == seed_key(seed)
 
     def test_keep_rate_and_scaling(self) -> None:
         keep = dropout_keep_mask(11, self.P, (4, 8), range(256), range(256)).float()

@@ -355,6 +355,8 @@ def seed_key(seed: int | Tensor) -> int | Tensor:
     """hash(seed ^ golden ratio): the dropout hash's first step (the Triton kernel takes it on
     the device). A Python int for an int seed, a tensor for a tensor seed: never read back, so
     neither syncs with the device nor breaks a torch.compile graph."""
+    if isinstance(seed, Tensor):
+        seed = seed.long()  # the hash's arithmetic needs int64 (an int32 seed would wrap)
     return _hash32((seed & _UINT32) ^ 0x9E3779B9)
 
 
