@@ -59,6 +59,7 @@ from attention_lab.models import Bert, BertSentimentClassifier, VisionTransforme
 from attention_lab.nn import triton_flash
 from attention_lab.nn.attention import (
     ATTENTION_KINDS,
+    KERNEL_OF_KIND,
     PORTABLE_KINDS,
     MultiHeadAttention,
     build_attention,
@@ -213,9 +214,8 @@ def _time_and_memory(
     return seconds, _saved_bytes(forward)
 
 
-# The kinds whose block sizes ``flash-blocks`` tries, their MultiHeadAttention kernels, and the
-# sizes tried unless told (a Triton program holds its blocks on chip: 128 is about its limit).
-BLOCK_KERNELS = {"scratch_flash": "flash", "scratch_triton": "triton"}
+# The kinds whose block sizes ``flash-blocks`` tries, and the sizes tried unless told (a Triton
+# program holds its blocks on chip: 128 is about its limit).
 BLOCK_SIZES = {"scratch_flash": [64, 128, 256, 512, 1024], "scratch_triton": [32, 64, 128]}
 
 
@@ -239,7 +239,7 @@ def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
                 args.d_model,
                 args.heads,
                 batch_first=True,
-                kernel=BLOCK_KERNELS[kind],
+                kernel=KERNEL_OF_KIND[kind],
                 block_q=block_q,
                 block_k=block_k,
             ).to(device)
@@ -616,7 +616,8 @@ def count_graph_breaks(
     Dynamo's ``explain`` resets what Dynamo has compiled so far: count before compiling."""
     autocast = DTYPES[args.precision]
     _, loss, _, _ = _model_and_loss(args, experiment, cfg, kind)
-    with torch.autocast(args.device.split(":")[0], dtype=autocast, enabled=autocast is not None):
+    device_type = torch.device(args.device).type
+    with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
         return torch._dynamo.explain(loss)().graph_break_count
 
 
@@ -647,9 +648,8 @@ def train_table(rows: list[dict]) -> str:
     """Markdown: median samples/s (and tokens/s) per experiment, kind and compilation, the range
     over repeats, the ratio to torch (compiled or not alike), for compiled rows the speed-up
     over eager and its graph breaks, the memory of a step with its ratio to torch, and the
-    model's FLOPs per second
-    (its counted FLOPs per step over the median step time) with MFU, their share of the
-    device's peak (where known)."""
+    model's FLOPs per second (its counted FLOPs per step over the median step time) with MFU,
+    their share of the device's peak (where known)."""
     keys = ("experiment", "kind", "compiled")
     rate = _summarise(rows, keys, "samples_per_s")
     low = _summarise(rows, keys, "samples_per_s", min)
@@ -795,8 +795,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.what == "flash-blocks":
         args.kinds = args.kinds or ["scratch_flash"]
-        if set(args.kinds) - set(BLOCK_KERNELS):
-            parser.error(f"flash-blocks: --kinds takes {' and/or '.join(BLOCK_KERNELS)}")
+        if set(args.kinds) - set(BLOCK_SIZES):
+            parser.error(f"flash-blocks: --kinds takes {' and/or '.join(BLOCK_SIZES)}")
     if args.kinds is None:
         args.kinds = list(ATTENTION_KINDS if args.device.startswith("cuda") else PORTABLE_KINDS)
     if args.experiments is None:

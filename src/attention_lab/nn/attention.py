@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attention_lab.nn.flash import flash_attention
+from attention_lab.nn.flash import check_blocks, flash_attention
 
 ATTENTION_KINDS = ("scratch", "scratch_fused", "scratch_flash", "scratch_triton", "torch")
 # scratch_triton is a Triton kernel: it runs on a CUDA GPU, or slowly in Triton's CPU interpreter
 # (TRITON_INTERPRET=1); every other kind runs anywhere.
 PORTABLE_KINDS = tuple(kind for kind in ATTENTION_KINDS if kind != "scratch_triton")
 KERNELS = ("explicit", "fused", "flash", "triton")  # how MultiHeadAttention computes attention
-_KERNEL_OF_KIND = {
+KERNEL_OF_KIND = {  # the MultiHeadAttention kernel of each of our kinds
     "scratch": "explicit",
     "scratch_fused": "fused",
     "scratch_flash": "flash",
@@ -216,15 +216,9 @@ class MultiHeadAttention(nn.Module):
 
             if problem := triton_flash.available():
                 raise ValueError(problem)
-        for name, size in (("block_q", block_q), ("block_k", block_k)):
-            if size is None:
-                continue
-            if not isinstance(size, int) or size <= 0:
-                raise ValueError(f"{name}={size!r} must be a positive integer (a number of rows)")
-            if kernel == "triton" and (size < 16 or size & (size - 1)):
-                raise ValueError(
-                    f"{name}={size} must be a power of two from 16 for the Triton kernel"
-                )
+            triton_flash.check_triton_blocks(block_q, block_k)
+        else:
+            check_blocks(block_q, block_k)
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
@@ -480,5 +474,5 @@ def build_attention(
     if kind == "torch":
         return nn.MultiheadAttention(d_model, n_heads, dropout=dropout, bias=bias, batch_first=True)
     return MultiHeadAttention(
-        d_model, n_heads, dropout=dropout, bias=bias, batch_first=True, kernel=_KERNEL_OF_KIND[kind]
+        d_model, n_heads, dropout=dropout, bias=bias, batch_first=True, kernel=KERNEL_OF_KIND[kind]
     )

@@ -103,9 +103,7 @@ def flash_attention(
             "need_weights=True: flash_attention never forms the attention weights; use "
             "attention.scaled_dot_product_attention (MultiHeadAttention switches to it by itself)"
         )
-    for name, size in (("block_q", block_q), ("block_k", block_k)):
-        if not isinstance(size, int) or size <= 0:
-            raise ValueError(f"{name}={size!r} must be a positive integer (a number of rows)")
+    check_blocks(block_q, block_k)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
     if q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1] or q.size(-1) != k.size(-1):
@@ -116,11 +114,24 @@ def flash_attention(
     if mask is not None:
         _check_mask(mask, q.shape[:-1] + k.shape[-2:-1])
     if dropout_p > 0.0 and seed is None:
-        # A tensor, never read back: no device sync, and torch.compile traces it unbroken.
-        seed = torch.randint(2**31 - 1, (), device=q.device)
+        seed = draw_seed(q.device)
     elif isinstance(seed, Tensor):  # hashed in int64, as ints are; a copy, kept for backward
         seed = seed.to(device=q.device, dtype=torch.int64, copy=True)
     return _FlashAttention.apply(q, k, v, mask, causal, dropout_p, seed, block_q, block_k)
+
+
+def check_blocks(block_q: int | None, block_k: int | None) -> None:
+    """Refuse a block size that is not a positive integer (None: the default, passes)."""
+    for name, size in (("block_q", block_q), ("block_k", block_k)):
+        if size is not None and (not isinstance(size, int) or size <= 0):
+            raise ValueError(f"{name}={size!r} must be a positive integer (a number of rows)")
+
+
+def draw_seed(device: torch.device) -> Tensor:
+    """A dropout seed from torch's generator (``torch.manual_seed`` repeats it), as a 0-d
+    int64 tensor on ``device``: never read back, so no device sync, and torch.compile traces
+    it unbroken. The Triton kernel draws its seed here too, so both drop the same entries."""
+    return torch.randint(2**31 - 1, (), device=device)
 
 
 def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:

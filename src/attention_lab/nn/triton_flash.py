@@ -44,7 +44,7 @@ import os
 import torch
 from torch import Tensor
 
-from attention_lab.nn.flash import _check_mask, _empty_output
+from attention_lab.nn.flash import _check_mask, _empty_output, check_blocks, draw_seed
 
 try:
     import triton
@@ -108,7 +108,7 @@ def triton_flash_attention(
     the blocks it hides. Dropout keeps the entries ``flash.dropout_keep_mask(seed, p, (B, H),
     ...)`` keeps, so for one seed this kernel and ``flash.flash_attention`` drop the same ones.
     ``block_q``, ``block_k``: rows of queries and of keys per block, powers of two from 16
-    (None: ``_kernel_settings``' choice; ``bench flash-blocks --kind scratch_triton`` times them).
+    (None: ``_kernel_settings``' choice; ``bench flash-blocks --kinds scratch_triton`` times them).
     Returns the output (B, H, T, d).
     """
     problem = available()
@@ -138,9 +138,7 @@ def triton_flash_attention(
         raise RuntimeError(problem)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
-    for name, size in (("block_q", block_q), ("block_k", block_k)):
-        if size is not None and (not isinstance(size, int) or size < 16 or size & (size - 1)):
-            raise ValueError(f"{name}={size!r} must be a power of two from 16 (Triton kernel)")
+    check_triton_blocks(block_q, block_k)
     if mask is not None:
         _check_mask(mask, q.shape[:-1] + k.shape[-2:-1])
     # One dtype for the products, q's, as autocast gives a matmul (fp32 bias_k/bias_v appended
@@ -157,10 +155,19 @@ def _seed(seed: int | Tensor | None, dropout_p: float, q: Tensor) -> Tensor | No
     if dropout_p == 0.0:
         return None
     if seed is None:
-        return torch.randint(2**31 - 1, (), device=q.device).view(1)  # as flash.py draws it
+        return draw_seed(q.device).view(1)
     if isinstance(seed, Tensor):
         return (seed.reshape(1) & 0xFFFFFFFF).to(device=q.device, dtype=torch.int64)
     return torch.full((1,), seed & 0xFFFFFFFF, dtype=torch.int64, device=q.device)
+
+
+def check_triton_blocks(block_q: int | None, block_k: int | None) -> None:
+    """Refuse a block size that is not a power of two from 16, what ``tl.dot`` takes (None:
+    ``_kernel_settings``' choice, passes)."""
+    check_blocks(block_q, block_k)
+    for name, size in (("block_q", block_q), ("block_k", block_k)):
+        if size is not None and (size < 16 or size & (size - 1)):
+            raise ValueError(f"{name}={size} must be a power of two from 16 (Triton kernel)")
 
 
 def _bias(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
