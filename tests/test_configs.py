@@ -19,6 +19,7 @@ GROUPS = ["data", "model", "task", "trainer", "logger", "callbacks", "paths"]
 FAMILIES = [
     {"data": "multi30k", "model": "seq2seq", "task": "translation"},
     {"data": "ud_ewt", "model": "tagger", "task": "tagging"},
+    {"data": "ud_ewt", "model": "bert_tagger", "task": "tagging"},
     {"data": "sst2", "model": "text_classifier", "task": "text_classification"},
 ]
 

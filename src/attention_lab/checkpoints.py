@@ -22,6 +22,9 @@ from torch import Tensor, nn
 from attention_lab.errors import ConfigError
 
 LAST_CHECKPOINT = "last.ckpt"  # ModelCheckpoint(save_last=True) and CheckpointOnSignal write it
+# Checkpoint entry of a run over a pretrained body: its architecture (``Bert.settings``), so that
+# the commands rebuild the model without the pretrained files (the run's weights replace them).
+PRETRAINED_ARCHITECTURE_KEY = "pretrained_architecture"
 
 
 def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> Path | None:
@@ -99,7 +102,10 @@ def load_trained(
     path = Path(ckpt)
     if not path.is_file():
         raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
-    return read_checkpoint(path, setting="ckpt"), run_config(path, config)
+    checkpoint, cfg = read_checkpoint(path, setting="ckpt"), run_config(path, config)
+    if PRETRAINED_ARCHITECTURE_KEY in checkpoint:  # built from it, not from model.pretrained
+        cfg.model.architecture = checkpoint[PRETRAINED_ARCHITECTURE_KEY]
+    return checkpoint, cfg
 
 
 def check_fits(checkpoint: dict[str, Any], module: nn.Module, path: Path) -> None:

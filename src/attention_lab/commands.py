@@ -12,7 +12,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attention_lab.checkpoints import load_trained
+from attention_lab.data.bert_tokenizer import BertTokenizer
+from attention_lab.data.tokenizer import SubwordTokenizer
 from attention_lab.errors import AttentionLabError, ConfigError
+from attention_lab.tasks.text import BERT_TOKENIZER_KEY
+from attention_lab.tasks.translation import TOKENIZERS_KEY
 from attention_lab.training import build_model, fill_model_settings_from_data
 
 
@@ -37,6 +41,22 @@ def load_trained_run(
     if key not in checkpoint:
         raise ConfigError(f"ckpt={ckpt} holds no {key}: not a checkpoint of a {kind} run")
     return checkpoint, cfg
+
+
+def sentence_tokenizer(checkpoint: dict[str, Any], ckpt: str | Path) -> Any:
+    """The tokenizer a tagging or classification run kept in its checkpoint: the project's
+    subword tokenizer, or a pretrained checkpoint's own WordPiece (``BertTokenizer``)."""
+    if BERT_TOKENIZER_KEY in checkpoint:
+        return BertTokenizer.from_str(checkpoint[BERT_TOKENIZER_KEY])
+    if TOKENIZERS_KEY in checkpoint:
+        return SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["src"])
+    raise ConfigError(f"ckpt={ckpt} holds no tokenizer: it was not written by a language run")
+
+
+def max_positions(model: nn.Module) -> int:
+    """Most tokens the model takes: a pretrained body's position table, or ``max_len``."""
+    body = getattr(model, "body", None)
+    return body.settings["max_len"] if body is not None else model.text_encoder.max_len
 
 
 def trained_net(checkpoint: dict[str, Any], cfg: DictConfig, data_decided: Any) -> nn.Module:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from attention_lab.errors import ConfigError, WeightsMismatchError
 from attention_lab.hub import BERT_FALLBACK_WEIGHTS, SETTING, resolve_bert_dir
-from attention_lab.models.bert import Bert, BertSentimentClassifier
+from attention_lab.models.bert import Bert, BertSentimentClassifier, BertTagger
 from attention_lab.models.vit import VisionTransformer
 
 # Hugging Face activation names -> ours (blocks.ACTIVATIONS).
@@ -238,6 +238,11 @@ def bert_settings(config: dict[str, Any]) -> dict[str, Any]:
             f"{SETTING}: hidden_act={activation!r} is not supported; "
             f"choose a checkpoint with one of {', '.join(HF_ACTIVATIONS)}"
         )
+    needed = ("vocab_size", "max_position_embeddings", "type_vocab_size", "hidden_size")
+    needed += ("num_attention_heads", "num_hidden_layers", "intermediate_size")
+    lacking = [key for key in needed if key not in config]
+    if lacking:
+        raise ConfigError(f"{SETTING}: config.json lacks {', '.join(lacking)}: not a BERT config")
     return {
         "vocab_size": config["vocab_size"],
         "max_len": config["max_position_embeddings"],
@@ -253,30 +258,67 @@ def bert_settings(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def read_bert_config(folder: Path, pretrained: str) -> dict[str, Any]:
+    """The checkpoint's ``config.json``, or one error naming ``model.pretrained``."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"{SETTING}={pretrained} has no config.json: not a Hugging Face checkpoint directory"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{SETTING}={pretrained}: {path} is not JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"{SETTING}={pretrained}: {path} is not a JSON object")
+    return config
+
+
+def read_bert_weights(folder: Path, pretrained: str) -> dict[str, Tensor]:
+    """The checkpoint's tensors, names normalised; a torn or foreign file is one error."""
+    weights = _bert_weights_file(folder)
+    try:
+        return _normalise_bert_names(read_tensors(weights))
+    except WeightsMismatchError:
+        raise
+    except Exception as error:  # safetensors' and torch's errors for a truncated/corrupt file
+        raise ConfigError(
+            f"{SETTING}={pretrained}: {weights.name} cannot be read ({type(error).__name__}: "
+            f"{error}); the file is truncated or not a checkpoint: download it again"
+        ) from error
+
+
 def bert_from_pretrained(
     pretrained: str,
     *,
     attention: str = "scratch",
     dropout: float | None = None,
     pooler: bool = True,
+    architecture: dict[str, Any] | None = None,
 ) -> Bert:
-    """Our ``Bert`` with the weights of a Hugging Face checkpoint (directory or hub id).
+    """Our ``Bert`` with the weights of a Hugging Face checkpoint (directory, packaged or hub id).
 
     ``dropout`` None keeps the checkpoint's ``hidden_dropout_prob`` (attention dropout too).
+    ``architecture``: ``Bert.settings`` saved in a run's checkpoint; the model is then built
+    from it without reading ``pretrained`` at all (the run's checkpoint holds the weights).
     """
-    folder = resolve_bert_dir(pretrained)
-    settings = bert_settings(json.loads((folder / "config.json").read_text()))
+    if architecture is not None:
+        settings = dict(architecture)
+    else:
+        folder = resolve_bert_dir(pretrained)
+        settings = bert_settings(read_bert_config(folder, pretrained))
     if dropout is not None:
         settings["dropout"] = dropout
     model = Bert(**settings, pooler=pooler, attention=attention)
-    weights = _bert_weights_file(folder)
-    state = _normalise_bert_names(read_tensors(weights))
+    if architecture is not None:
+        return model
+    state = read_bert_weights(folder, pretrained)
 
     def ignored(name: str) -> bool:
         return _bert_ignored(name) or (not pooler and name.startswith("pooler."))
 
     name_map = bert_name_map(settings["n_layers"], pooler=pooler)
-    return load_mapped(model, state, name_map, ignored=ignored, what=str(weights))
+    return load_mapped(model, state, name_map, ignored=ignored, what=f"{SETTING}={pretrained}")
 
 
 def bert_sentiment_classifier(
@@ -288,12 +330,44 @@ def bert_sentiment_classifier(
     body_lr_scale: float = 1.0,
     dropout: float | None = None,
     head_dropout: float = 0.0,
+    pooling: str = "cls_tanh",
+    architecture: dict[str, Any] | None = None,
 ) -> BertSentimentClassifier:
-    """The course's model over a pretrained BERT: what ``experiment=sst2_bert`` builds."""
-    body = bert_from_pretrained(pretrained, attention=attention, dropout=dropout, pooler=False)
+    """The course's model over a pretrained BERT (``experiment=sst2_bert``, ``sst2_minilm*``);
+    ``pooling="mean"`` reads the mean of the tokens instead of tanh of [CLS]."""
+    body = bert_from_pretrained(
+        pretrained, attention=attention, dropout=dropout, pooler=False, architecture=architecture
+    )
     return BertSentimentClassifier(
         body=body,
         num_classes=num_classes,
+        dropout=head_dropout,
+        freeze_body=freeze_body,
+        body_lr_scale=body_lr_scale,
+        pooling=pooling,
+    )
+
+
+def bert_tagger(
+    pretrained: str,
+    *,
+    attention: str = "scratch",
+    num_tags: int,
+    word_pooling: str = "first",
+    freeze_body: bool = False,
+    body_lr_scale: float = 1.0,
+    dropout: float | None = None,
+    head_dropout: float = 0.0,
+    architecture: dict[str, Any] | None = None,
+) -> BertTagger:
+    """A tag per word over a pretrained BERT (``experiment=ud_pos_minilm``)."""
+    body = bert_from_pretrained(
+        pretrained, attention=attention, dropout=dropout, pooler=False, architecture=architecture
+    )
+    return BertTagger(
+        body=body,
+        num_tags=num_tags,
+        word_pooling=word_pooling,
         dropout=head_dropout,
         freeze_body=freeze_body,
         body_lr_scale=body_lr_scale,

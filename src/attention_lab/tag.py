@@ -1,4 +1,5 @@
-"""Tag words with a checkpoint of a tagging run (``experiment=ud_pos_transformer``).
+"""Tag words with a checkpoint of a tagging run (``experiment=ud_pos_transformer``, or one over a
+pretrained body: ``ud_pos_minilm``).
 
     python -m attention_lab.tag ckpt=outputs/runs/DATE/TIME/checkpoints/epoch011.ckpt \\
         "The old man the boat ."
@@ -19,12 +20,18 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from attention_lab.commands import load_trained_run, run_command, trained_net
+from attention_lab.commands import (
+    load_trained_run,
+    max_positions,
+    run_command,
+    sentence_tokenizer,
+    trained_net,
+)
+from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
 from attention_lab.data.ud import encode_sentences
 from attention_lab.errors import ConfigError
 from attention_lab.tasks.text import LABEL_NAMES_KEY
-from attention_lab.tasks.translation import TOKENIZERS_KEY
 
 SETTINGS = ("ckpt", "config")
 
@@ -32,7 +39,9 @@ SETTINGS = ("ckpt", "config")
 class Tagger:
     """A trained tagger with its tokenizer: ``tagger([["The", "dog"]])`` -> [["DET", "NOUN"]]."""
 
-    def __init__(self, model: nn.Module, tokenizer: SubwordTokenizer, tag_names: list[str]) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: SubwordTokenizer | BertTokenizer, tag_names: list[str]
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tag_names = tag_names
@@ -47,14 +56,15 @@ class Tagger:
 
     def _tag_batch(self, sentences: list[list[str]]) -> list[list[str]]:
         ids, word_ids = encode_sentences(self.tokenizer, sentences)
-        max_len = self.model.text_encoder.max_len
+        max_len = max_positions(self.model)
         if too_long := [len(i) for i in ids if len(i) > max_len]:
             raise ConfigError(
                 f"a sentence has {too_long[0]} pieces, more than the model's max_len={max_len}; "
                 f"split it into shorter sentences"
             )
         pad = torch.nn.utils.rnn.pad_sequence
-        ids_t = pad([torch.tensor(i) for i in ids], batch_first=True, padding_value=PAD_ID)
+        pad_id = getattr(self.tokenizer, "pad_id", PAD_ID)  # a pretrained tokenizer's own
+        ids_t = pad([torch.tensor(i) for i in ids], batch_first=True, padding_value=pad_id)
         words_t = pad([torch.tensor(w) for w in word_ids], batch_first=True, padding_value=-1)
         n_words = max(len(s) for s in sentences)
         best = self.model(ids_t, words_t, n_words).argmax(dim=-1)  # (B, W)
@@ -75,7 +85,7 @@ class Tagger:
 def load_tagger(ckpt: str | Path, config: str | None = None) -> Tagger:
     """Model, weights, tokenizer and tag names from a checkpoint of ``TokenClassificationTask``."""
     checkpoint, cfg = load_trained_run(ckpt, config, LABEL_NAMES_KEY, "tagging")
-    tokenizer = SubwordTokenizer.from_str(checkpoint[TOKENIZERS_KEY]["src"])
+    tokenizer = sentence_tokenizer(checkpoint, ckpt)
     tag_names = list(checkpoint[LABEL_NAMES_KEY])
     decided = SimpleNamespace(vocab_size=tokenizer.vocab_size, num_tags=len(tag_names))
     return Tagger(trained_net(checkpoint, cfg, decided), tokenizer, tag_names)

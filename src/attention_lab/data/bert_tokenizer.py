@@ -79,6 +79,27 @@ class BertTokenizer:
         encodings = self.tokenizer.encode_batch(list(texts))
         return [e.ids for e in encodings], sum(bool(e.overflowing) for e in encodings)
 
+    def encode_words(
+        self, sentences: Sequence[Sequence[str]]
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Sentences given as words -> ([CLS] pieces [SEP], the word index of each piece, -1
+        for [CLS] and [SEP]); never truncated (a tag per word needs every word)."""
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        encodings = self.tokenizer.encode_batch([list(s) for s in sentences], is_pretokenized=True)
+        ids = [e.ids for e in encodings]
+        word_ids = [[-1 if w is None else w for w in e.word_ids] for e in encodings]
+        return ids, word_ids
+
+    def to_str(self) -> str:
+        """The tokenizer as JSON (kept in a run's checkpoint; ``from_str`` reads it back)."""
+        return self.tokenizer.to_str()
+
+    @classmethod
+    def from_str(cls, text: str) -> BertTokenizer:
+        """The tokenizer that ``to_str`` wrote."""
+        return cls(Tokenizer.from_str(text))
+
     def tokens(self, ids: Sequence[int]) -> list[str]:
         """The token of each id, special tokens included (labels for attention maps)."""
         return [self.tokenizer.id_to_token(i) for i in ids]

@@ -23,7 +23,6 @@ import re
 import urllib.request
 import zipfile
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -203,11 +202,6 @@ class SST2DataModule(TextDataModule):
             seed=seed,
         )
         self._splits: dict[str, tuple[list[str], list[int]]] = {}
-
-    @property
-    def collate_fn(self) -> partial[TextBatch]:
-        """``collate_texts`` padding with the tokenizer's pad id."""
-        return partial(collate_texts, pad_id=self.pad_id)
 
     @property
     def folder(self) -> Path:

@@ -1,9 +1,9 @@
 """What the sentence data modules (``ud.py``, ``sst2.py``) share: the settings, a subword
 tokenizer with <cls> trained on the training text and cached, and the data loaders.
 
-A module that sets ``accepts_pretrained`` (SST-2) also takes, as ``data.tokenizer``, a pretrained
-BERT checkpoint (a directory or a hub id): its own WordPiece tokenizer then replaces the subword
-one, with the checkpoint's special-token ids, and sentences are cut at the checkpoint's
+A module that sets ``accepts_pretrained`` (SST-2, UD) also takes, as ``data.tokenizer``, a
+pretrained BERT checkpoint (a directory or a hub id): its own WordPiece tokenizer then replaces
+the subword one, with the checkpoint's special-token ids, and sentences are cut at the checkpoint's
 ``max_position_embeddings`` (read from its ``config.json``; no model is imported).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,8 @@ class TextDataModule(L.LightningDataModule):
 
     @property
     def collate_fn(self) -> Callable[[list[Any]], Any]:
-        """What the loaders batch samples with: ``collate`` unless a subclass binds settings."""
-        return type(self).collate
+        """What the loaders batch samples with: ``collate``, padding with the tokenizer's pad id."""
+        return partial(type(self).collate, pad_id=self.pad_id)
 
     def _loader(self, dataset: Dataset, **batching) -> DataLoader:
         return DataLoader(

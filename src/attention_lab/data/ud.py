@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.multi30k import download
 from attention_lab.data.text import TextDataModule
 from attention_lab.data.tokenizer import (
@@ -176,12 +177,13 @@ class TaggingDataset(Dataset):
         return [len(i) for i in self.ids]
 
 
-def collate_tagged(items: list[TaggedItem]) -> TaggingBatch:
-    """Pad pieces with <pad> (word -1), tags with ``IGNORE_INDEX`` and ``unseen`` with False."""
+def collate_tagged(items: list[TaggedItem], pad_id: int = PAD_ID) -> TaggingBatch:
+    """Pad pieces with ``pad_id`` (word -1), tags with ``IGNORE_INDEX`` and ``unseen`` with
+    False."""
     ids, word_ids, tags, words, unseen = zip(*items, strict=True)
     pad = torch.nn.utils.rnn.pad_sequence
     return TaggingBatch(
-        ids=pad(list(ids), batch_first=True, padding_value=PAD_ID),  # (B, T)
+        ids=pad(list(ids), batch_first=True, padding_value=pad_id),  # (B, T)
         word_ids=pad(list(word_ids), batch_first=True, padding_value=-1),  # (B, T)
         tags=pad(list(tags), batch_first=True, padding_value=IGNORE_INDEX),  # (B, W)
         words=list(words),
@@ -190,9 +192,12 @@ def collate_tagged(items: list[TaggedItem]) -> TaggingBatch:
 
 
 def encode_sentences(
-    tokenizer: SubwordTokenizer, sentences: Sequence[Sequence[str]]
+    tokenizer: SubwordTokenizer | BertTokenizer, sentences: Sequence[Sequence[str]]
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(<cls> + pieces, -1 + word index per piece) of each sentence of words."""
+    """(<cls> + pieces, -1 + word index per piece) of each sentence of words; with a pretrained
+    checkpoint's tokenizer, its [CLS] pieces [SEP] (-1 for both)."""
+    if isinstance(tokenizer, BertTokenizer):
+        return tokenizer.encode_words(sentences)
     ids, word_ids = [], []
     for pieces in tokenizer.encode_words_batch(sentences):
         ids.append([tokenizer.cls_id, *pieces.ids])
@@ -253,6 +258,7 @@ class UDDataModule(TextDataModule):
         self._tag_names: list[str] | None = None
 
     collate = staticmethod(collate_tagged)
+    accepts_pretrained = True
 
     @property
     def folder(self) -> Path:
@@ -334,11 +340,12 @@ class UDDataModule(TextDataModule):
             sentences = self.sentences(split)
             ids, word_ids = encode_sentences(self.tokenizer, [s.words for s in sentences])
             for sentence, pieces in zip(sentences, ids, strict=True):
-                if len(pieces) > self.max_len:
+                if len(pieces) > self.max_tokens:
                     raise DataFormatError(
                         f"{self.split_file(split)}, line {sentence.line}: the sentence has "
-                        f"{len(pieces)} pieces with <cls>, more than data.max_len={self.max_len}; "
-                        f"raise data.max_len"
+                        f"{len(pieces)} pieces with <cls>, more than "
+                        f"{self.max_tokens} (data.max_len={self.max_len}, or the pretrained "
+                        f"checkpoint's positions); raise data.max_len"
                     )
             tags = [[index[t] for t in s.tags] for s in sentences]
             words = [s.words for s in sentences]

@@ -1,6 +1,6 @@
 """Pure ``nn.Module`` models; none of them imports Lightning."""
 
-from attention_lab.models.bert import Bert, BertSentimentClassifier
+from attention_lab.models.bert import Bert, BertSentimentClassifier, BertTagger
 from attention_lab.models.course import CourseEncoderClassifier, CourseViT
 from attention_lab.models.encoder_classifier import EncoderClassifier
 from attention_lab.models.seq2seq import Seq2SeqTransformer
@@ -10,6 +10,7 @@ from attention_lab.models.vit import VisionTransformer
 __all__ = [
     "Bert",
     "BertSentimentClassifier",
+    "BertTagger",
     "CourseEncoderClassifier",
     "CourseViT",
     "EncoderClassifier",

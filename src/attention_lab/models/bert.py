@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from attention_lab.models.text import WORD_POOLINGS, word_pooling_matrix
 from attention_lab.nn.blocks import Encoder
 from attention_lab.nn.positional import build_positional
 
@@ -55,6 +56,20 @@ class Bert(nn.Module):
             if value <= 0:
                 raise ValueError(f"{name}={value} must be positive")
         self.pad_id = pad_id
+        # What a run's checkpoint keeps to rebuild this model without the pretrained files.
+        self.settings = {
+            "vocab_size": vocab_size,
+            "max_len": max_len,
+            "type_vocab_size": type_vocab_size,
+            "d_model": d_model,
+            "n_heads": n_heads,
+            "n_layers": n_layers,
+            "d_ff": d_ff,
+            "dropout": dropout,
+            "activation": activation,
+            "layer_norm_eps": layer_norm_eps,
+            "pad_id": pad_id,
+        }
         self.token_embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.positional = build_positional("learned", d_model=d_model, max_len=max_len)
         self.token_type_embedding = nn.Embedding(type_vocab_size, d_model)
@@ -101,15 +116,33 @@ class Bert(nn.Module):
         return BertOutput(x, pooled)
 
 
-class BertSentimentClassifier(nn.Module):
+class _FineTuned(nn.Module):
+    """A pretrained ``Bert`` body under a new head: frozen (only the head trains) or fine-tuned,
+    the body then at ``body_lr_scale`` times the task's learning rate (``lr_scales``, read by
+    ``attention_lab.optim``). A frozen body still follows ``train()`` (its dropout is active in
+    training), as in the course."""
+
+    def __init__(self, body: Bert, *, dropout: float, freeze_body: bool, body_lr_scale: float):
+        super().__init__()
+        if body_lr_scale <= 0:
+            raise ValueError(f"body_lr_scale={body_lr_scale} must be positive")
+        self.body = body
+        self.dropout = nn.Dropout(dropout)
+        self.body.requires_grad_(not freeze_body)
+        self.lr_scales = {} if freeze_body else {"body": body_lr_scale}
+
+
+SENTENCE_POOLINGS = ("cls_tanh", "mean")
+
+
+class BertSentimentClassifier(_FineTuned):
     """The course's sentiment model: a linear layer on tanh of BERT's last [CLS] state.
 
     Not BERT's pooler (which is trained on next-sentence prediction): the course reads
-    ``last_hidden_state[:, 0]``, applies tanh and one ``nn.Linear``. With ``freeze_body`` (the
-    course's setting) only the head trains; without it the whole model is fine-tuned, and
-    ``lr_scales`` tells ``attention_lab.optim`` to give the body ``body_lr_scale`` times the
-    task's learning rate. As in the course, a frozen body still follows ``train()`` (its dropout
-    is active in training); unlike the course, padding is masked.
+    ``last_hidden_state[:, 0]``, applies tanh and one ``nn.Linear`` (``pooling="cls_tanh"``).
+    ``pooling="mean"`` averages the last states of the tokens instead (padding left out), which
+    is how sentence-transformers reads a sentence off a model such as all-MiniLM-L6-v2. Unlike
+    the course, padding is masked.
     """
 
     def __init__(
@@ -120,18 +153,17 @@ class BertSentimentClassifier(nn.Module):
         dropout: float = 0.0,
         freeze_body: bool = True,
         body_lr_scale: float = 1.0,
+        pooling: str = "cls_tanh",
     ) -> None:
-        super().__init__()
+        super().__init__(
+            body, dropout=dropout, freeze_body=freeze_body, body_lr_scale=body_lr_scale
+        )
         if num_classes <= 0:
             raise ValueError(f"num_classes={num_classes} must be positive")
-        if body_lr_scale <= 0:
-            raise ValueError(f"body_lr_scale={body_lr_scale} must be positive")
-        self.body = body
-        self.dropout = nn.Dropout(dropout)
+        if pooling not in SENTENCE_POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is not one of {', '.join(SENTENCE_POOLINGS)}")
+        self.pooling = pooling
         self.head = nn.Linear(body.d_model, num_classes)
-        self.body.requires_grad_(not freeze_body)
-        # Read by attention_lab.optim: parameter-name prefix -> factor of the task's LR.
-        self.lr_scales = {} if freeze_body else {"body": body_lr_scale}
 
     def forward(
         self,
@@ -140,5 +172,48 @@ class BertSentimentClassifier(nn.Module):
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
         """tokens: (B, T) ids, [CLS] first -> logits (B, num_classes)."""
+        if key_padding_mask is None:
+            key_padding_mask = tokens == self.body.pad_id  # (B, T)
         hidden = self.body(tokens, key_padding_mask, token_type_ids).last_hidden_state
-        return self.head(self.dropout(torch.tanh(hidden[:, 0])))  # (B, num_classes)
+        if self.pooling == "cls_tanh":
+            pooled = torch.tanh(hidden[:, 0])  # (B, E)
+        else:
+            keep = (~key_padding_mask).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)  # (B, E)
+        return self.head(self.dropout(pooled))  # (B, num_classes)
+
+
+class BertTagger(_FineTuned):
+    """A tag per word over a pretrained BERT: a word's state is its first WordPiece's
+    (``word_pooling="first"``, as BERT's paper tags) or the mean of its pieces', then a linear
+    head. Called as ``TransformerTagger``: ``(ids, word_ids, n_words)``."""
+
+    def __init__(
+        self,
+        *,
+        body: Bert,
+        num_tags: int,
+        word_pooling: str = "first",
+        dropout: float = 0.0,
+        freeze_body: bool = False,
+        body_lr_scale: float = 1.0,
+    ) -> None:
+        super().__init__(
+            body, dropout=dropout, freeze_body=freeze_body, body_lr_scale=body_lr_scale
+        )
+        if word_pooling not in WORD_POOLINGS:
+            raise ValueError(
+                f"word_pooling={word_pooling!r} is not one of {', '.join(WORD_POOLINGS)}"
+            )
+        if num_tags is None or num_tags <= 0:
+            raise ValueError(f"num_tags={num_tags} must be positive")
+        self.word_pooling = word_pooling
+        self.head = nn.Linear(body.d_model, num_tags)
+
+    def forward(self, ids: Tensor, word_ids: Tensor, n_words: int | None = None) -> Tensor:
+        """ids, word_ids: (B, T), -1 for [CLS], [SEP] and padding -> logits (B, W, num_tags)."""
+        if n_words is None:
+            n_words = int(word_ids.max().item()) + 1
+        hidden = self.body(ids).last_hidden_state  # (B, T, E)
+        pool = word_pooling_matrix(word_ids, n_words, self.word_pooling)  # (B, W, T)
+        return self.head(self.dropout(pool.to(hidden.dtype) @ hidden))  # (B, W, num_tags)

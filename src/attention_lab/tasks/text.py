@@ -26,14 +26,18 @@ from torchmetrics.classification import (
 )
 
 from attention_lab.attention_maps import AttentionMap, AttentionSnapshot
+from attention_lab.checkpoints import PRETRAINED_ARCHITECTURE_KEY
+from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.tokenizer import PAD_ID
 from attention_lab.data.ud import IGNORE_INDEX
+from attention_lab.models.bert import Bert
 from attention_lab.models.text import word_pooling_matrix
 from attention_lab.nn.blocks import keep_attention_weights
 from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
 from attention_lab.tasks.translation import TOKENIZERS_KEY
 
 LABEL_NAMES_KEY = "label_names"  # checkpoint entry: the tag or class names, in index order
+BERT_TOKENIZER_KEY = "bert_tokenizer"  # checkpoint entry: a pretrained body's tokenizer (JSON)
 
 
 class _TextTask(L.LightningModule):
@@ -105,10 +109,17 @@ class _TextTask(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # JSON strings and lists load with weights_only=True: the commands need no data.
+        # JSON strings, lists and plain dicts load with weights_only=True: the commands need
+        # neither the data nor the pretrained files.
         datamodule = self.trainer.datamodule
-        if hasattr(datamodule.tokenizer, "to_str"):  # not a pretrained checkpoint's tokenizer
-            checkpoint[TOKENIZERS_KEY] = {"src": datamodule.tokenizer.to_str()}
+        tokenizer = datamodule.tokenizer
+        if isinstance(tokenizer, BertTokenizer):  # a pretrained checkpoint's own WordPiece
+            checkpoint[BERT_TOKENIZER_KEY] = tokenizer.to_str()
+        else:
+            checkpoint[TOKENIZERS_KEY] = {"src": tokenizer.to_str()}
+        body = getattr(self.net, "body", None)
+        if isinstance(body, Bert):
+            checkpoint[PRETRAINED_ARCHITECTURE_KEY] = dict(body.settings)
         checkpoint[LABEL_NAMES_KEY] = list(datamodule.label_names)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -118,6 +129,12 @@ class _TextTask(L.LightningModule):
             self.scheduler_factory,
             total_steps=int(self.trainer.estimated_stepping_batches),
         )
+
+    def _pad_id(self) -> int:
+        """The data's padding id (a pretrained tokenizer's own), <pad> without a trainer."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return getattr(datamodule, "pad_id", PAD_ID)
 
     def _piece_labels(self, ids: Tensor) -> list[list[str]]:
         tokenizer = self.trainer.datamodule.tokenizer
@@ -224,8 +241,8 @@ class TokenClassificationTask(_TextTask):
         <cls> is kept as a word of its own.
         """
         ids, word_ids, words = batch[0], batch[1], batch[3]
-        # <cls> becomes word 0 and the words 1..W; padding belongs to none.
-        units = torch.where(ids == PAD_ID, -1, word_ids + 1)  # (N, T)
+        # <cls> (and a pretrained tokenizer's [SEP]) become word 0, the words 1..W; padding none.
+        units = torch.where(ids == self._pad_id(), -1, word_ids + 1)  # (N, T)
         n_units = int(units.max().item()) + 1
         rows = word_pooling_matrix(units, n_units, "mean")  # (N, W+1, T)
         columns = (rows > 0).float()  # (N, W+1, T)
