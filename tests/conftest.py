@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -300,6 +301,47 @@ def make_tiny_sst2(root: Path, sizes: tuple[int, int, int] = (160, 32, 32)) -> P
 def tiny_sst2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data_dir whose sst2/ holds 160 / 32 / 32 labelled phrases."""
     return make_tiny_sst2(tmp_path_factory.mktemp("data_sst2"))
+
+
+# A tiny random BERT checkpoint whose vocabulary covers the tiny SST-2 phrases and the toy
+# tagging language, with special tokens away from the project's own ids ([PAD] 2, [CLS] 4,
+# [SEP] 1), so that nothing may assume those.
+BERT_SPECIALS = ["[UNK]", "[SEP]", "[PAD]", "[MASK]", "[CLS]"]
+BERT_WORDS = sorted(
+    (
+        {w for phrase in POSITIVE + NEGATIVE for w in phrase.split()}
+        | {w for words in TOY_LEXICON.values() for w in words}
+        | set(AMBIGUOUS)
+    )
+    - {"witty"}
+)
+BERT_VOCAB = [*BERT_SPECIALS, *BERT_WORDS, "wit", "##ty"]  # "witty" becomes two pieces
+
+
+def make_tiny_bert(folder: Path, **config: Any) -> Path:
+    """A random two-layer BERT (width 32, 4 heads) saved by ``transformers`` as a checkpoint
+    directory with ``vocab.txt``: a local ``bert-base-uncased`` in miniature."""
+    transformers = pytest.importorskip("transformers")
+    settings = {
+        "vocab_size": len(BERT_VOCAB),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "pad_token_id": 2,
+        **config,
+    }
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(**settings)).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(BERT_VOCAB) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT checkpoint directory (``make_tiny_bert``)."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """``experiment=sst2_bert``: SST-2 tokenised by a pretrained checkpoint's own tokenizer, and the
 course's frozen-BERT model trained on it, end to end on a tiny random BERT (no network).
 
-The checkpoint is built as ``tests/test_pretrained.py`` builds its own (``tiny_bert_config``),
-with a vocabulary that covers the tiny SST-2 phrases and whose special tokens are not at the
-project's own ids ([PAD] 2, [CLS] 4, [SEP] 1), so nothing may assume those.
+The checkpoint is ``tests/conftest.py``'s ``tiny_bert_dir``, with a vocabulary that covers the
+tiny SST-2 phrases and whose special tokens are not at the project's own ids ([PAD] 2, [CLS] 4,
+[SEP] 1), so nothing may assume those. The commands on such runs: ``test_pretrained_runs.py``.
 """
 
 from __future__ import annotations
@@ -14,31 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from attention_lab.data import SST2DataModule
 from attention_lab.errors import ConfigError
 from attention_lab.training import train
-from tests.conftest import NEGATIVE, POSITIVE, ComposeFn
+from tests.conftest import BERT_VOCAB, ComposeFn
 
 transformers = pytest.importorskip("transformers")
-from tests.test_pretrained import tiny_bert_config  # noqa: E402  (needs transformers)
-
-SPECIALS = ["[UNK]", "[SEP]", "[PAD]", "[MASK]", "[CLS]"]
-WORDS = sorted({w for phrase in POSITIVE + NEGATIVE for w in phrase.split()} - {"witty"})
-VOCAB = [*SPECIALS, *WORDS, "wit", "##ty"]  # "witty" becomes two pieces
 
 
 @pytest.fixture(scope="module")
-def sst2_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random two-layer BERT checkpoint directory with ``vocab.txt`` (a local
-    ``bert-base-uncased`` in miniature)."""
-    torch.manual_seed(0)
-    model = transformers.BertModel(tiny_bert_config(vocab_size=len(VOCAB), pad_token_id=2))
-    folder = tmp_path_factory.mktemp("sst2_bert")
-    model.save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    return folder
+def sst2_bert_dir(tiny_bert_dir: Path) -> Path:
+    """The tiny random BERT of ``tests/conftest.py``: a local ``bert-base-uncased`` in
+    miniature."""
+    return tiny_bert_dir
 
 
 def test_sst2_ids_are_the_checkpoint_tokenizers(sst2_bert_dir: Path, tiny_sst2: Path) -> None:
@@ -48,7 +37,7 @@ def test_sst2_ids_are_the_checkpoint_tokenizers(sst2_bert_dir: Path, tiny_sst2: 
     data.prepare_data()
     data.setup("fit")
     reference = transformers.BertTokenizerFast(str(sst2_bert_dir / "vocab.txt"))
-    assert data.pad_id == 2 and data.vocab_size == len(VOCAB)
+    assert data.pad_id == 2 and data.vocab_size == len(BERT_VOCAB)
     batch = next(iter(data.val_dataloader()))
     expected = reference(batch.texts, padding=True, return_tensors="pt")
     assert torch.equal(batch.ids, expected["input_ids"])
@@ -70,7 +59,8 @@ def test_sst2_cuts_at_the_checkpoints_positions(
     data = SST2DataModule(data_dir=str(tiny_sst2), tokenizer=str(short), max_len=512)
     ids, cut = data.encode(["a dull , tedious mess", "awful"])
     assert data.max_tokens == 4 and cut == 1
-    assert ids == [[4, VOCAB.index("a"), VOCAB.index("dull"), 1], [4, VOCAB.index("awful"), 1]]
+    word = BERT_VOCAB.index
+    assert ids == [[4, word("a"), word("dull"), 1], [4, word("awful"), 1]]
 
 
 def test_unknown_tokenizer_names_the_setting(tiny_sst2: Path, monkeypatch) -> None:
@@ -129,25 +119,3 @@ def test_sst2_bert_offline_stops_before_training(
     )
     with pytest.raises(ConfigError, match=r"model\.pretrained=/nonexistent/bert"):
         train(cfg)
-
-
-def test_classify_refuses_a_bert_checkpoint_clearly(
-    compose_config: ComposeFn, sst2_bert_dir: Path, tiny_sst2: Path, tmp_path: Path
-) -> None:
-    """The classify command does not load pretrained-tokenizer runs yet: it says so."""
-    from attention_lab.classify import load_classifier
-
-    cfg = compose_config(
-        "experiment=sst2_bert",
-        f"model.pretrained={sst2_bert_dir}",
-        "logger=csv",
-        "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=1",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
-        data_dir=tiny_sst2,
-    )
-    metrics = train(cfg)
-    OmegaConf.save(cfg, tmp_path / "config.yaml")
-    with pytest.raises(ConfigError, match=r"pretrained checkpoint's tokenizer"):
-        load_classifier(metrics["best_checkpoint"], str(tmp_path / "config.yaml"))
