@@ -215,7 +215,7 @@ def test_train_benchmark_counts_translation_tokens_and_compiled_speedup(tmp_path
     assert ("multi30k_transformer", "scratch", "no") in table
 
 
-def test_bert_base_and_vit_b_16_have_the_reference_sizes() -> None:
+def test_bert_base_minilm_and_vit_b_16_have_the_reference_sizes() -> None:
     """Built on the meta device (no memory): the parameter counts of the references."""
     with torch.device("meta"):
         bert = _sized_model("bert_base", "scratch")
@@ -223,6 +223,10 @@ def test_bert_base_and_vit_b_16_have_the_reference_sizes() -> None:
     # transformers' BertModel (bert-base-uncased) without its pooler, plus a 768 x 2 head
     assert sum(p.numel() for p in bert.parameters()) == 109_482_240 - 768 * 769 + 768 * 2 + 2
     assert sum(p.numel() for p in vit.parameters()) == 86_567_656  # torchvision's vit_b_16
+    with torch.device("meta"):
+        minilm = _sized_model("minilm", "scratch")
+    # all-MiniLM-L6-v2's BertModel (22,713,216 with its 384 x 385 pooler) plus a 384 x 2 head
+    assert sum(p.numel() for p in minilm.parameters()) == 22_713_216 - 384 * 385 + 384 * 2 + 2
 
 
 def test_train_benchmark_measures_bert_base_and_vit_b_16(tmp_path: Path, monkeypatch) -> None:

@@ -20,9 +20,9 @@
   kernels run); ``--precision bf16`` runs the forward under autocast. Each row also gives the
   model's TFLOP/s (FLOPs of one step counted by PyTorch's ``FlopCounterMode`` on the textbook
   path, over the step time) and MFU, its share of the GPU's peak. Besides the experiments,
-  ``bert_base`` and ``vit_b_16`` are models at the sizes of those pretrained checkpoints (random
-  weights, nothing downloaded): BERT-base with the course's sentiment head, fully fine-tuned, on
-  ``--seq-len`` tokens; ViT-B/16 on 224x224 images, 1000 classes. Their batch is
+  ``bert_base``, ``minilm`` and ``vit_b_16`` are models at the sizes of those pretrained
+  checkpoints (random weights, nothing downloaded): BERT-base and all-MiniLM-L6-v2 with the
+  course's sentiment head, fully fine-tuned, on ``--seq-len`` tokens; ViT-B/16 on 224x224 images, 1000 classes. Their batch is
   ``--sized-batch``.
 - ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
   augmentation), to compare with what a model consumes.
@@ -412,14 +412,19 @@ def _text_step(cfg: DictConfig, net: nn.Module, device: torch.device, length: in
 
 
 # Constructor settings of the models at pretrained checkpoints' sizes (Bert's defaults are
-# BERT-base's).
-SIZED_MODELS = {"bert_base": {}, "vit_b_16": TORCHVISION_VITS["vit_b_16"]}
+# BERT-base's; minilm is all-MiniLM-L6-v2's, the checkpoint of experiment=sst2_minilm).
+BERT_SIZES = {
+    "bert_base": {},
+    "minilm": {"d_model": 384, "n_heads": 12, "n_layers": 6, "d_ff": 1536},
+}
+SIZED_MODELS = {**BERT_SIZES, "vit_b_16": TORCHVISION_VITS["vit_b_16"]}
 
 
 def _sized_model(name: str, kind: str) -> nn.Module:
-    """BERT-base (with the course's sentiment head, unfrozen) or ViT-B/16, random weights."""
+    """BERT-base or MiniLM (with the course's sentiment head, unfrozen) or ViT-B/16, random
+    weights."""
     settings = SIZED_MODELS[name]
-    if name == "bert_base":
+    if name in BERT_SIZES:
         body = Bert(**settings, attention=kind, pooler=False)
         return BertSentimentClassifier(body=body, freeze_body=False)
     return VisionTransformer(
@@ -437,7 +442,7 @@ def _sized_step(
     name: str, net: nn.Module, device: torch.device, batch: int, length: int
 ) -> StepLoss:
     """Cross-entropy on a synthetic batch for a ``SIZED_MODELS`` model."""
-    if name == "bert_base":
+    if name in BERT_SIZES:
         vocab = net.body.token_embedding.num_embeddings
         tokens = torch.randint(1, vocab, (batch, length), device=device)  # (B, T), no [PAD]
         labels = torch.randint(0, 2, (batch,), device=device)
@@ -728,7 +733,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--experiments",
         nargs="+",
-        help="experiments to measure (train: all three models, or also bert_base and vit_b_16; "
+        help="experiments to measure (train: all three models, or also bert_base, minilm and "
+        "vit_b_16; "
         "data: the two MNIST ones)",
     )
     parser.add_argument(
@@ -767,7 +773,7 @@ def main(argv: list[str] | None = None) -> None:
         help="train: tokens per sentence (translation, the language tasks, BERT)",
     )
     parser.add_argument(
-        "--sized-batch", type=int, default=32, help="train: batch of bert_base and vit_b_16"
+        "--sized-batch", type=int, default=32, help="train: batch of bert_base, minilm, vit_b_16"
     )
     parser.add_argument(
         "--compile", action="store_true", help="train: also measure each kind compiled"
