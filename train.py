@@ -12,10 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from attention_lab.attempts import Attempt
-from attention_lab.checkpoints import resume_command
 from attention_lab.errors import AttentionLabError, TrainingInterrupted
-from attention_lab.training import FAILURE_FILE, record_failure, train
+from attention_lab.run.attempts import Attempt
+from attention_lab.run.checkpoints import resume_command
+from attention_lab.run.records import FAILURE_FILE, record_failure
+from attention_lab.run.training import train
 
 log = logging.getLogger("train")
 
@@ -27,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
     A bad setting exits with status 2, an interruption with 130 (SIGINT) or 143 (SIGTERM) and a
     resume command. In a sweep (``-m``) a failing job is recorded in its directory
     (``failure.json``) and the sweep goes on; an interruption stops the sweep. Every command
-    leaves a record in ``.hydra/attempts/`` (see ``attention_lab.attempts``).
+    leaves a record in ``.hydra/attempts/`` (see ``attention_lab.run.attempts``).
     """
     hydra_cfg = HydraConfig.get()
     attempt = Attempt.current()

@@ -10,7 +10,7 @@ import torch
 from attention_lab.attention_maps import attention_rollout, plot_heads, plot_rollout
 from attention_lab.data.augment import random_affine
 from attention_lab.errors import ConfigError
-from attention_lab.training import train
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn
 
 

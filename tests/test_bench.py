@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attention_lab.bench import (
+from attention_lab.cli.bench import (
     SIZED_MODELS,
     _saved_bytes,
     _sized_model,

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from attention_lab.nn.attention import PORTABLE_KINDS
-from attention_lab.training import train
+from attention_lab.run.training import train
 from tests.conftest import CONF_DIR, ComposeFn, TinyDataFn, run_train_py
 
 # Groups whose every option is composed by itself; experiment and debug are run below.

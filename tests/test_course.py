@@ -29,7 +29,7 @@ from attention_lab.models.course import (
     SelfAttention,
 )
 from attention_lab.nn.attention import ATTENTION_KINDS, scaled_dot_product_attention
-from attention_lab.training import train
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn
 
 SMALL_ENCODER = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}

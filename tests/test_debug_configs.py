@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attention_lab.callbacks.history import read_history
-from attention_lab.training import train
+from attention_lab.run.records import read_history
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from attention_lab.evaluate import evaluate, main
-from attention_lab.training import train
+from attention_lab.cli.evaluate import evaluate, main
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn
 
 

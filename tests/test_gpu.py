@@ -24,7 +24,8 @@ from attention_lab.nn.attention import (
     build_attention,
     causal_mask,
 )
-from attention_lab.training import METRICS_FILE, train
+from attention_lab.run.records import METRICS_FILE
+from attention_lab.run.training import train
 from tests.conftest import CONF_DIR, ComposeFn, TinyDataFn, run_train_py
 from tests.wandb_records import read_offline_run
 

@@ -250,7 +250,7 @@ def test_sentiment_model_builds_from_a_model_config(bert_checkpoint) -> None:
     """What ``experiment=sst2_bert`` will compose: ``model.pretrained`` is a plain setting."""
     from omegaconf import OmegaConf
 
-    from attention_lab.training import build_model
+    from attention_lab.run.training import build_model
 
     folder, _ = bert_checkpoint
     model_cfg = {

@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from attention_lab import hub
 from attention_lab.errors import ConfigError, WeightsMismatchError
 from attention_lab.pretrained import bert_from_pretrained
-from attention_lab.training import FAILURE_FILE, train
+from attention_lab.run.records import FAILURE_FILE
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn, make_tiny_bert
 
 pytest.importorskip("transformers")
@@ -57,7 +58,7 @@ def test_classify_loads_a_pretrained_body_run_without_its_files(
 ) -> None:
     """The checkpoint holds the WordPiece tokenizer and the body's architecture: with the
     pretrained folder deleted, classify rebuilds the model and gives the task's own outputs."""
-    from attention_lab.classify import load_classifier
+    from attention_lab.cli.classify import load_classifier
 
     bert = shutil.copytree(tiny_bert_dir, tmp_path / "bert")
     metrics = _short_run(
@@ -94,8 +95,8 @@ def test_tag_and_evaluate_a_pretrained_body_tagger(
 ) -> None:
     """ud_pos_minilm over the tiny BERT: ``tag`` needs no data and no pretrained files;
     ``evaluate`` re-scores the checkpoint to the run's own test accuracy."""
-    from attention_lab.evaluate import evaluate
-    from attention_lab.tag import load_tagger
+    from attention_lab.cli.evaluate import evaluate
+    from attention_lab.cli.tag import load_tagger
 
     bert = shutil.copytree(tiny_bert_dir, tmp_path / "bert")
     metrics = _short_run(compose_config, "ud_pos_minilm", bert, tiny_ud, "data.batch_size=16")

@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning
 import torch
 
-from attention_lab.provenance import describe_machine, git_state
-from attention_lab.training import train
+from attention_lab.run.provenance import describe_machine, git_state
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn
 
 

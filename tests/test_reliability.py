@@ -23,12 +23,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from attention_lab.attempts import read_attempts
-from attention_lab.checkpoints import LAST_CHECKPOINT
 from attention_lab.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from attention_lab.loggers import RUN_ID_FILE
+from attention_lab.run.attempts import read_attempts
+from attention_lab.run.checkpoints import LAST_CHECKPOINT
+from attention_lab.run.records import METRICS_FILE
+from attention_lab.run.training import train
 from attention_lab.tasks import ImageClassificationTask
-from attention_lab.training import METRICS_FILE, train
 from tests.conftest import CONF_DIR, REPO_ROOT, train_py_env
 from tests.wandb_records import read_offline_run
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from attention_lab.report import find_runs, summary_table, write_report
+from attention_lab.results.sweep import summary_table, write_report
+from attention_lab.run.records import find_runs
 from tests.conftest import run_train_py
 
 

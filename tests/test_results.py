@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from attention_lab.cli.report import main as report_main
 from attention_lab.errors import ConfigError
-from attention_lab.report import main as report_main
-from attention_lab.results import (
+from attention_lab.results.table import (
     BEGIN,
     END,
     keep,
@@ -26,7 +26,7 @@ from tests.test_report import _fake_run
 
 def test_the_readme_table_is_the_one_the_records_give() -> None:
     """Fails when README.md's results block and outputs/results/ disagree: regenerate with
-    python -m attention_lab.report --results."""
+    python -m attention_lab.cli.report --results."""
     assert readme_agrees(REPO_ROOT / "README.md", REPO_ROOT / "outputs" / "results", CONF_DIR)
 
 

@@ -1,4 +1,4 @@
-"""A run's records survive every resume and every refused command (attention_lab.attempts).
+"""A run's records survive every resume and every refused command (attention_lab.run.attempts).
 
 The configs of every command, the per-epoch logs after a stop and resume, one message for an
 output folder that cannot be written, and what extending a finished run does to its schedule.
@@ -19,13 +19,12 @@ import torch
 import wandb
 from omegaconf import OmegaConf
 
-from attention_lab.attempts import ATTEMPTS_DIR, read_attempts
-from attention_lab.callbacks.history import read_history
-from attention_lab.checkpoints import LAST_CHECKPOINT
 from attention_lab.errors import TrainingInterrupted
 from attention_lab.optim import WarmupCosine
-from attention_lab.report import load_run
-from attention_lab.training import METRICS_FILE, train
+from attention_lab.run.attempts import ATTEMPTS_DIR, read_attempts
+from attention_lab.run.checkpoints import LAST_CHECKPOINT
+from attention_lab.run.records import METRICS_FILE, load_run, read_history
+from attention_lab.run.training import train
 from tests.conftest import run_train_py
 from tests.test_reliability import TINY, _config, _config_with_sigterm_in_validation
 from tests.wandb_records import read_offline_run

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attention_lab.nn.attention import scaled_dot_product_attention
-from attention_lab.training import build_model, train
+from attention_lab.run.training import build_model, train
 from tests.conftest import ComposeFn, run_train_py
 
 

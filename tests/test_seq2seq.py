@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attention_lab.cli.translate import load_translator
 from attention_lab.data.multi30k import Multi30kDataModule
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from attention_lab.errors import ConfigError
@@ -21,9 +22,9 @@ from attention_lab.models import Seq2SeqTransformer
 from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.nn.attention import ATTENTION_KINDS
 from attention_lab.nn.blocks import DecoderBlock, keep_attention_weights
+from attention_lab.run.records import METRICS_FILE
+from attention_lab.run.training import train
 from attention_lab.tasks import TranslationTask
-from attention_lab.training import METRICS_FILE, train
-from attention_lab.translate import load_translator
 from tests.conftest import REPO_ROOT, ComposeFn
 from tests.wandb_records import read_offline_run
 
@@ -235,7 +236,9 @@ def test_train_py_logs_translation_metrics_and_its_checkpoint_translates(
     # The checkpoint holds the tokenizers, the run's config the model settings: no data needed.
     ckpt = metrics["best_checkpoint"]
     sentences = ["Ein Hund läuft im Park.", "Eine Frau sitzt am Strand."]
-    result = _run(["-m", "attention_lab.translate", f"ckpt={ckpt}", *sentences], tmp_path, tmp_path)
+    result = _run(
+        ["-m", "attention_lab.cli.translate", f"ckpt={ckpt}", *sentences], tmp_path, tmp_path
+    )
     assert result.returncode == 0, result.stderr
     translator = load_translator(ckpt)  # beam search of width 2, as the run tested
     assert translator.beam_size == 2
@@ -288,7 +291,7 @@ def test_bad_translation_settings_are_reported_before_training(
 
 def test_translate_without_a_checkpoint_says_so(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "attention_lab.translate", f"ckpt={tmp_path / 'no.ckpt'}", "Hallo."],
+        [sys.executable, "-m", "attention_lab.cli.translate", f"ckpt={tmp_path / 'no'}", "Hallo."],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2

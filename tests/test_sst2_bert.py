@@ -17,7 +17,7 @@ import torch
 
 from attention_lab.data import SST2DataModule
 from attention_lab.errors import ConfigError
-from attention_lab.training import train
+from attention_lab.run.training import train
 from tests.conftest import BERT_VOCAB, ComposeFn
 
 transformers = pytest.importorskip("transformers")

@@ -20,8 +20,8 @@ from attention_lab.models.text import (
     word_pooling_matrix,
 )
 from attention_lab.nn.attention import ATTENTION_KINDS
+from attention_lab.run.training import train
 from attention_lab.tasks.text import TokenClassificationTask
-from attention_lab.training import train
 from tests.conftest import CONF_DIR, ComposeFn
 
 

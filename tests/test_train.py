@@ -9,9 +9,9 @@ from urllib.error import URLError
 import pytest
 import torchvision.datasets.mnist
 
-from attention_lab.callbacks.history import read_history
 from attention_lab.errors import ConfigError, DataNotFoundError
-from attention_lab.training import METRICS_FILE, train
+from attention_lab.run.records import METRICS_FILE, read_history
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn, run_train_py
 from tests.wandb_records import read_offline_run
 

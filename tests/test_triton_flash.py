@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attention_lab.bench import main
+from attention_lab.cli.bench import main
 from attention_lab.nn import triton_flash
 from attention_lab.nn.attention import (
     MultiHeadAttention,

@@ -15,14 +15,14 @@ import torch
 import torchvision.datasets.mnist
 from omegaconf import DictConfig
 
-import attention_lab.config
-import attention_lab.training
+import attention_lab.run.config
+import attention_lab.run.training
 from attention_lab.data import MNISTDataModule
 from attention_lab.errors import AttentionLabError, ConfigError
-from attention_lab.training import train
+from attention_lab.run.training import train
 from tests.conftest import ComposeFn
 
-# Where each check happens: "config" before anything is built (attention_lab.config.validate),
+# Where each check happens: "config" before anything is built (attention_lab.run.config.validate),
 # "constructor" when the model or data module is built (no data looked at yet), "data" when the
 # data is looked for (before any logger or trainer exists).
 BAD_INPUTS = [
@@ -100,7 +100,7 @@ def test_bad_input_gets_one_clear_message_before_any_work(
             cfg.paths[key.split(".")[1]] = value
 
     built: list[str] = []
-    instantiate = attention_lab.training.instantiate
+    instantiate = attention_lab.run.training.instantiate
 
     def recording_instantiate(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
         built.append(node._target_)
@@ -113,7 +113,7 @@ def test_bad_input_gets_one_clear_message_before_any_work(
         looked_for_data.append(True)
         prepare_data(self)
 
-    monkeypatch.setattr(attention_lab.training, "instantiate", recording_instantiate)
+    monkeypatch.setattr(attention_lab.run.training, "instantiate", recording_instantiate)
     monkeypatch.setattr(MNISTDataModule, "prepare_data", recording_prepare_data)
     with pytest.raises(AttentionLabError, match=message) as raised:
         train(cfg)
@@ -143,9 +143,9 @@ def test_triton_attention_on_the_cpu_is_refused_before_any_work(
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # conftest turns the interpreter on
     cfg = compose_config("model.attention=scratch_triton", "trainer.accelerator=cpu")
     with pytest.raises(ConfigError, match=r"scratch_triton runs a Triton kernel.*scratch_flash"):
-        attention_lab.config.validate(cfg)
+        attention_lab.run.config.validate(cfg)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    attention_lab.config.validate(cfg)  # the interpreter runs it (slowly)
+    attention_lab.run.config.validate(cfg)  # the interpreter runs it (slowly)
 
 
 def test_full_disk_is_reported_at_start(
@@ -156,7 +156,7 @@ def test_full_disk_is_reported_at_start(
     def nearly_full(path: object) -> object:
         return real_usage(path)._replace(free=10 * 2**20)
 
-    monkeypatch.setattr(attention_lab.config.shutil, "disk_usage", nearly_full)
+    monkeypatch.setattr(attention_lab.run.config.shutil, "disk_usage", nearly_full)
     cfg = compose_config("logger=none")
     with pytest.raises(ConfigError, match=r"paths.output_dir=.* disk with 10 MiB free"):
         train(cfg)

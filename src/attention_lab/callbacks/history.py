@@ -10,7 +10,6 @@ per epoch, logger-free, and what the report and the committed run records read.)
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-HISTORY_FILE = "history.jsonl"
+from attention_lab.run.records import append_history
 
 
 def _batch_size(batch: Any) -> int:
@@ -34,7 +33,7 @@ class MetricsHistory(L.Callback):
 
     def __init__(self, *, output_dir: str) -> None:
         super().__init__()
-        self.path = Path(output_dir) / HISTORY_FILE
+        self.output_dir = Path(output_dir)
         self._samples = 0
         self._seconds = 0.0
         self._batch_started = 0.0
@@ -88,15 +87,5 @@ class MetricsHistory(L.Callback):
                 row[key.removesuffix("_epoch")] = (
                     value.item() if isinstance(value, torch.Tensor) else float(value)
                 )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        append_history(self.output_dir, row)
         self._pending = None
-
-
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``history.jsonl`` (empty if it has none)."""
-    path = Path(run_dir) / HISTORY_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -12,8 +12,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from attention_lab.checkpoints import LAST_CHECKPOINT
 from attention_lab.errors import TrainingInterrupted
+from attention_lab.run.checkpoints import LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The course notebooks' own models, as the notebooks wrote them, with every quirk a named flag.
 
-``/work/shared/course`` holds the notebooks this project grew from (see its README). Two of them
-report MNIST accuracies that the README reproduces:
+The course's notebooks (kept beside the repository, not in it) are the ones this project grew
+from. Two of them report MNIST accuracies that the README reproduces:
 
 - ``000_*`` (assignment 11.1), 95.07%: ``CourseEncoderClassifier``;
 - ``003_*`` (lab 11, the course-lab ViT), 91.45%: ``CourseViT``.
@@ -14,11 +14,11 @@ created in the notebooks' order and draw from the random generator in that order
 same ``torch.manual_seed`` a faithful model starts from exactly the notebook's weights.
 
 The attention switch (``attention``, the config's ``model.attention``) applies to both models:
-it is passed to ``build_attention`` (which is gaining a fourth kind, ``scratch_flash``) and
-nothing here depends on the kind. The course ViT's per-head slice projections (one ``Linear(d_head,
-d_head)`` per head, applied to that head's slice of the token) are exactly a block-diagonal
-``in_proj_weight``, so every kind that has ``nn.MultiheadAttention``'s parameters computes them;
-a kind without that layout is refused with a ``ConfigError``.
+it is passed to ``build_attention`` and nothing here depends on the kind. The course ViT's
+per-head slice projections (one ``Linear(d_head, d_head)`` per head, applied to that head's
+slice of the token) are exactly a block-diagonal ``in_proj_weight``, so every kind that has
+``nn.MultiheadAttention``'s parameters computes them; a kind without that layout is refused
+with a ``ConfigError``.
 
 Below the models are small course-compatible modules of the exercise notebook (``001_*``) and
 the assignment's first encoder block, built on our ``scaled_dot_product_attention``, creating

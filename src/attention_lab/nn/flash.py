@@ -63,7 +63,7 @@ import math
 import torch
 from torch import Tensor
 
-# Measured on the 2-core CPU, one thread, T = 1024 (python -m attention_lab.bench flash-blocks;
+# Measured on the 2-core CPU, one thread, T = 1024 (python -m attention_lab.cli.bench flash-blocks;
 # outputs/results/bench/2026-11-26-cpu/flash-blocks): every pair from 64 to 512 lies within
 # 200-280 ms without a mask and 160-265 ms causal (one repeat, beside other jobs: about +-15%
 # noise), no pair fastest in both; 256 x 256 is 21% behind the fastest without a mask and 6%

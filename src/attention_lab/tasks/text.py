@@ -2,7 +2,7 @@
 sentences (sequence classification), over the models of ``models/text.py``.
 
 Both keep the data module's tokenizer and label names in their checkpoints, so the commands
-``python -m attention_lab.tag`` and ``python -m attention_lab.classify`` need no data.
+``python -m attention_lab.cli.tag`` and ``python -m attention_lab.cli.classify`` need no data.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from torchmetrics.classification import (
 )
 
 from attention_lab.attention_maps import AttentionMap, AttentionSnapshot
-from attention_lab.checkpoints import PRETRAINED_ARCHITECTURE_KEY
 from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.tokenizer import PAD_ID
 from attention_lab.data.ud import IGNORE_INDEX
@@ -34,6 +33,7 @@ from attention_lab.models.bert import Bert
 from attention_lab.models.text import word_pooling_matrix
 from attention_lab.nn.blocks import keep_attention_weights
 from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
+from attention_lab.run.checkpoints import PRETRAINED_ARCHITECTURE_KEY
 from attention_lab.tasks.translation import TOKENIZERS_KEY
 
 LABEL_NAMES_KEY = "label_names"  # checkpoint entry: the tag or class names, in index order

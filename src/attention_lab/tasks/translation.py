@@ -247,7 +247,7 @@ class TranslationTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The vocabularies travel with the weights (as JSON strings, which load with
-        # weights_only=True): ``python -m attention_lab.translate`` then needs no data.
+        # weights_only=True): ``python -m attention_lab.cli.translate`` then needs no data.
         datamodule = self.trainer.datamodule
         checkpoint[TOKENIZERS_KEY] = {
             "src": datamodule.src_tokenizer.to_str(),

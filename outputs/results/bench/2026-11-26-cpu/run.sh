@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The scratch_flash measurements of issue 15, one after the other, on the 2-core CPU.
+# As run at that time; the benchmark command is python -m attention_lab.cli.bench since the
+# package gained its cli/ floor (the same options).
 set -u
-cd /work/main
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"  # the repository root
 # One thread: this 2-core machine is shared with other jobs, and with two threads every small
 # operation waits at a barrier for a descheduled thread, which hides the kernels behind the load.
 export OMP_NUM_THREADS=1

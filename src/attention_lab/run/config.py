@@ -69,8 +69,8 @@ from typing import Any
 from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
 from omegaconf import DictConfig
 
-from attention_lab.checkpoints import resolve_ckpt_path
 from attention_lab.errors import ConfigError
+from attention_lab.run.checkpoints import resolve_ckpt_path
 
 # What Lightning's Trainer accepts; the project uses 32-true, 16-mixed and bf16-mixed.
 PRECISIONS = (

@@ -1,7 +1,7 @@
 """Tag words with a checkpoint of a tagging run (``experiment=ud_pos_transformer``, or one over a
 pretrained body: ``ud_pos_minilm``).
 
-    python -m attention_lab.tag ckpt=outputs/runs/DATE/TIME/checkpoints/epoch011.ckpt \\
+    python -m attention_lab.cli.tag ckpt=outputs/runs/DATE/TIME/checkpoints/epoch011.ckpt \\
         "The old man the boat ."
 
 Arguments are ``key=value`` settings and sentences, whose words are separated by spaces (as in
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from attention_lab.commands import (
+from attention_lab.cli.common import (
     load_trained_run,
     max_positions,
     run_command,

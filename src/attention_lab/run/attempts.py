@@ -47,8 +47,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from attention_lab.config import output_dir_problem
 from attention_lab.errors import AttentionLabError, ConfigError, TrainingInterrupted
+from attention_lab.run.config import output_dir_problem
 
 log = logging.getLogger(__name__)
 

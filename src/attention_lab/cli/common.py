@@ -11,13 +11,13 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from attention_lab.checkpoints import load_trained
 from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.tokenizer import SubwordTokenizer
 from attention_lab.errors import AttentionLabError, ConfigError
+from attention_lab.run.checkpoints import load_trained
+from attention_lab.run.training import build_model, fill_model_settings_from_data
 from attention_lab.tasks.text import BERT_TOKENIZER_KEY
 from attention_lab.tasks.translation import TOKENIZERS_KEY
-from attention_lab.training import build_model, fill_model_settings_from_data
 
 
 def parse_args(argv: list[str], settings: Sequence[str]) -> tuple[dict[str, str], list[str]]:

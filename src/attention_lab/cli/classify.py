@@ -1,7 +1,7 @@
 """Classify sentences with a checkpoint of a sentence-classification run
 (``experiment=sst2_transformer``, or one over a pretrained body: ``sst2_minilm``).
 
-    python -m attention_lab.classify ckpt=outputs/runs/DATE/TIME/checkpoints/epoch007.ckpt \\
+    python -m attention_lab.cli.classify ckpt=outputs/runs/DATE/TIME/checkpoints/epoch007.ckpt \\
         "a gorgeous , witty film"
 
 Arguments are ``key=value`` settings and sentences; without sentences, one is read per line of
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from attention_lab.commands import (
+from attention_lab.cli.common import (
     load_trained_run,
     max_positions,
     run_command,

@@ -9,7 +9,6 @@ checkpoint to resume from against the model before training. A bad setting costs
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -25,17 +24,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from attention_lab.attempts import attempt_config_file
-from attention_lab.callbacks.history import read_history
-from attention_lab.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
-from attention_lab.config import validate
 from attention_lab.errors import AttentionLabError, ConfigError
-from attention_lab.provenance import provenance
+from attention_lab.run.attempts import attempt_config_file
+from attention_lab.run.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
+from attention_lab.run.config import validate
+from attention_lab.run.provenance import provenance
+from attention_lab.run.records import read_history, write_metrics
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-FAILURE_FILE = "failure.json"
 
 
 def instantiate_setting(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -56,20 +52,6 @@ def _as_config_error(key: str, cause: BaseException) -> AttentionLabError:
     if re.match(r"^\w+=", message):
         return ConfigError(f"{key}.{message}")
     return ConfigError(f"{key}: {message} (check the `{key}` settings)")
-
-
-def record_failure(run_dir: Path, error: BaseException) -> None:
-    """Write ``failure.json`` (the error's type and message) so a report can show the failure.
-
-    Where the folder cannot be written (the error may be just that), it is left out: the error
-    has been reported, and the attempt's own record holds it.
-    """
-    message = f"{type(error).__name__}: {error}".strip()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FAILURE_FILE).write_text(json.dumps({"error": message}, indent=2) + "\n")
-    except OSError as err:
-        log.debug("No %s in %s: %s", FAILURE_FILE, run_dir, err)
 
 
 # Model settings that only the data can know (the tokenizer decides the vocabulary sizes). A model
@@ -210,7 +192,7 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict[s
         metrics["test"] = {k: _as_float(v) for k, v in (results[0] if results else {}).items()}
     metrics["provenance"] = provenance()  # machine, library versions, git commit
     if trainer.is_global_zero:
-        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(run_dir, metrics)
     return metrics
 
 

@@ -1,8 +1,8 @@
 """Translate sentences with a checkpoint of a seq2seq run (``experiment=multi30k_transformer``).
 
-    python -m attention_lab.translate ckpt=outputs/runs/DATE/TIME/checkpoints/last.ckpt \\
+    python -m attention_lab.cli.translate ckpt=outputs/runs/DATE/TIME/checkpoints/last.ckpt \\
         "Ein Mann fährt Fahrrad."
-    zcat test.de.gz | python -m attention_lab.translate ckpt=PATH decoding=greedy
+    zcat test.de.gz | python -m attention_lab.cli.translate ckpt=PATH decoding=greedy
 
 Arguments are ``key=value`` settings and sentences; without sentences, one is read per line of
 standard input. Settings: ``ckpt`` (required); ``config``, the run's Hydra config (default:
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from attention_lab.commands import load_trained_run, parse_args, trained_net
+from attention_lab.cli.common import load_trained_run, parse_args, trained_net
 from attention_lab.data.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
 from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.models.decoding import beam_search, greedy_decode

@@ -1,7 +1,8 @@
-"""Test a checkpoint without training: ``python -m attention_lab.evaluate ckpt=PATH [key=value]``.
+"""Test a checkpoint without training:
+``python -m attention_lab.cli.evaluate ckpt=PATH [key=value]``.
 
-    python -m attention_lab.evaluate ckpt=outputs/runs/DATE/TIME/checkpoints/epoch009.ckpt
-    python -m attention_lab.evaluate ckpt=PATH data.data_dir=/data trainer.accelerator=cpu
+    python -m attention_lab.cli.evaluate ckpt=outputs/runs/DATE/TIME/checkpoints/epoch009.ckpt
+    python -m attention_lab.cli.evaluate ckpt=PATH data.data_dir=/data trainer.accelerator=cpu
 
 Builds the model, task, data and trainer from the run's own config (``.hydra/config.yaml`` of
 the run directory that holds ``checkpoints/``, or ``config=FILE``), with any ``key=value``
@@ -23,18 +24,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from attention_lab.bleu import SIGNATURES
-from attention_lab.checkpoints import check_fits, load_trained
-from attention_lab.config import validate
 from attention_lab.errors import AttentionLabError, ConfigError
-from attention_lab.provenance import provenance
-from attention_lab.tasks.translation import TOKENIZERS_KEY
-from attention_lab.training import (
-    METRICS_FILE,
+from attention_lab.run.checkpoints import check_fits, load_trained
+from attention_lab.run.config import validate
+from attention_lab.run.provenance import provenance
+from attention_lab.run.records import write_metrics
+from attention_lab.run.training import (
     build_model,
     count_parameters,
     fill_model_settings_from_data,
     instantiate_setting,
 )
+from attention_lab.tasks.translation import TOKENIZERS_KEY
 
 SETTINGS = ("ckpt", "config", "out")
 
@@ -93,7 +94,7 @@ def evaluate(
     if any(key.endswith(("/bleu", "/bleu_lc")) for key in metrics["test"]):
         metrics["bleu_signatures"] = SIGNATURES
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics(out_dir, metrics)
     return metrics
 
 

@@ -1,5 +1,5 @@
 """Benchmarks, runnable by anyone:
-``python -m attention_lab.bench {attention,flash-blocks,train,data}``.
+``python -m attention_lab.cli.bench {attention,flash-blocks,train,data}``.
 
 - ``attention``: forward + backward time of one multi-head attention layer per kind, over
   sequence lengths, without a mask and (``--masks none causal``) with the causal one, and its
@@ -22,7 +22,8 @@
   path, over the step time) and MFU, its share of the GPU's peak. Besides the experiments,
   ``bert_base``, ``minilm`` and ``vit_b_16`` are models at the sizes of those pretrained
   checkpoints (random weights, nothing downloaded): BERT-base and all-MiniLM-L6-v2 with the
-  course's sentiment head, fully fine-tuned, on ``--seq-len`` tokens; ViT-B/16 on 224x224 images, 1000 classes. Their batch is
+  course's sentiment head, fully fine-tuned, on ``--seq-len`` tokens; ViT-B/16 on 224x224
+  images, 1000 classes. Their batch is
   ``--sized-batch``.
 - ``data``: samples per second the MNIST pipeline delivers (batching, uint8 -> float,
   augmentation), to compare with what a model consumes.
@@ -66,7 +67,7 @@ from attention_lab.nn.attention import (
     causal_mask,
 )
 from attention_lab.pretrained import TORCHVISION_VITS, VIT_LAYER_NORM_EPS
-from attention_lab.training import (
+from attention_lab.run.training import (
     build_model,
     fill_model_settings_from_data,
     instantiate_setting,

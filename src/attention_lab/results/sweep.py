@@ -1,15 +1,10 @@
-"""Compare runs: ``python -m attention_lab.report RUN_OR_SWEEP_DIR [...] [--out DIR]``.
+"""Sweep reports: a table and plots comparing run directories (``python -m
+attention_lab.cli.report RUN_OR_SWEEP_DIR [...] [--out DIR]``).
 
-Also ``python -m attention_lab.report keep RUN_DIR [...]`` (keep a finished run's record in
-``outputs/results/``) and ``python -m attention_lab.report --results [--check]`` (rewrite, or
-check, README.md's results table from those records): see ``attention_lab.results``.
-
-Reads run directories offline (no W&B needed): ``metrics.json``, ``history.jsonl`` and the
-config. Any folder below the given ones that holds ``.hydra/config.yaml`` is a run; a run
-without ``metrics.json`` failed (or is still running) and is listed as such. A run's settings
-are read from the config that produced its final weights, which ``metrics.json`` names (the
-last attempt's, ``.hydra/attempts/<time>/config.yaml``, when a resume changed settings), else
-from ``.hydra/config.yaml``; the report lists which.
+Reads run directories offline (no W&B needed) through ``attention_lab.run.records``: any folder
+below the given ones that holds ``.hydra/config.yaml`` is a run; a run without ``metrics.json``
+failed (or is still running) and is listed as such. A run's settings are read from the config
+that produced its final weights (``records.load_run``); the report lists which.
 Writes ``report.md`` and PNG plots: validation curves per attention kind (mean and min-max band
 over seeds; the training loss for runs without validation), the final test metric with error
 bars, and training throughput; with several experiments, one plot of the test metric of every
@@ -19,93 +14,20 @@ per flag).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 
-from attention_lab.callbacks.history import read_history
-from attention_lab.errors import AttentionLabError
-from attention_lab.training import FAILURE_FILE, METRICS_FILE
+from attention_lab.run.records import Run, find_runs
 
 
-@dataclass
-class Run:
-    """What the report needs of one run directory."""
-
-    path: Path
-    config: Path  # the config its settings are read from
-    experiment: str
-    attention: str
-    seed: int | None
-    metrics: dict[str, Any] | None  # None: the run failed or has not finished
-    history: list[dict[str, Any]] = field(default_factory=list)
-    reported: dict[str, Any] | None = None
-    error: str | None = None
-
-    @property
-    def monitor(self) -> str:
-        return (self.metrics or {}).get("monitor") or "val/acc"
-
-    @property
-    def test_metric(self) -> str:
-        return "test/" + self.monitor.split("/", 1)[1]
-
-    @property
-    def test_value(self) -> float | None:
-        return ((self.metrics or {}).get("test") or {}).get(self.test_metric)
-
-    @property
-    def samples_per_s(self) -> float | None:
-        rates = [r["train/samples_per_s"] for r in self.history if "train/samples_per_s" in r]
-        return statistics.median(rates) if rates else None
-
-
-def find_runs(roots: list[Path]) -> list[Run]:
-    """Every run directory at or below ``roots``, in path order."""
-    found = []
-    for root in roots:
-        for config_file in sorted(root.glob("**/.hydra/config.yaml")):
-            found.append(load_run(config_file.parent.parent))
-    return found
-
-
-def load_run(path: Path) -> Run:
-    """One run directory; a missing or unreadable ``metrics.json`` marks it failed."""
-    metrics_file = path / METRICS_FILE
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    config = path / ".hydra" / "config.yaml"
-    if metrics is not None and metrics.get("config") and (path / metrics["config"]).is_file():
-        config = path / metrics["config"]
-    cfg = OmegaConf.load(config)
-    failure_file = path / FAILURE_FILE
-    error = json.loads(failure_file.read_text()).get("error") if failure_file.is_file() else None
-    reported = cfg.get("reported")
-    return Run(
-        path=path,
-        config=config,
-        experiment=str(cfg.get("experiment_name", "default")),
-        attention=str(cfg.model.get("attention", "?")),
-        seed=cfg.get("seed"),
-        metrics=metrics,
-        history=read_history(path),
-        reported=OmegaConf.to_container(reported) if reported is not None else None,
-        error=error if metrics is None else None,
-    )
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _fmt(value: float | None, metric: str, digits: int = 2) -> str:
+def fmt_metric(value: float | None, metric: str, digits: int = 2) -> str:
     if value is None:
         return "–"
     # Accuracies are fractions in the metrics; the table shows percent.
@@ -126,8 +48,8 @@ def summary_table(runs: list[Run]) -> str:
         done = [r for r in members if r.test_value is not None]
         metric = done[0].test_metric if done else (members[0].test_metric)
         if done:
-            mean, std = _mean_std([r.test_value for r in done])
-            score = f"{_fmt(mean, metric)} ± {_fmt(std, metric)}"
+            mean, std = mean_std([r.test_value for r in done])
+            score = f"{fmt_metric(mean, metric)} ± {fmt_metric(std, metric)}"
             epochs = statistics.fmean(r.metrics["epochs"] for r in done)
             fit = statistics.fmean(r.metrics["fit_time_s"] for r in done)
             rates = [r.samples_per_s for r in done if r.samples_per_s is not None]
@@ -136,7 +58,7 @@ def summary_table(runs: list[Run]) -> str:
         else:
             score, epochs, fit, rate, params = "–", float("nan"), float("nan"), "–", "–"
         reported = members[0].reported
-        shown = _fmt(reported.get("value"), metric) if reported else "–"
+        shown = fmt_metric(reported.get("value"), metric) if reported else "–"
         lines.append(
             f"| {experiment} | {attention} | {metric} | {score} | {len(done)} | "
             f"{len(members) - len(done)} | {epochs:.0f} | {fit:.0f} | {rate} | {params} | "
@@ -206,7 +128,7 @@ def plot_bars(runs: list[Run], values_of: str, ylabel: str) -> Figure:
     for attention, members in _by_attention(runs).items():
         values = [getattr(r, values_of) for r in members if getattr(r, values_of) is not None]
         if values:
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             names.append(attention)
             means.append(mean)
             stds.append(std)
@@ -229,7 +151,7 @@ def plot_by_experiment(runs: list[Run]) -> Figure:
     keys = sorted(groups)
     fig = Figure(figsize=(9, 1.2 + 0.4 * len(keys)))
     ax = fig.subplots()
-    stats = [_mean_std([r.test_value for r in groups[key]]) for key in keys]
+    stats = [mean_std([r.test_value for r in groups[key]]) for key in keys]
     positions = list(range(len(keys)))
     ax.barh(positions, [m for m, _ in stats], xerr=[s for _, s in stats], capsize=4)
     for position, key in zip(positions, keys, strict=True):
@@ -293,65 +215,3 @@ def write_report(roots: list[Path], out: Path) -> Path:
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: a report on run directories, ``keep``, or ``--results``."""
-    # results.py builds on this module; imported here so that neither import needs the other.
-    from attention_lab import results
-
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv[:1] == ["keep"]:
-            keeper = argparse.ArgumentParser(
-                prog="python -m attention_lab.report keep",
-                description="Copy finished runs' records into outputs/results/<experiment>/.",
-            )
-            keeper.add_argument("runs", nargs="+", type=Path, help="finished run directories")
-            keeper.add_argument("--results-dir", type=Path, default=results.RESULTS_DIR)
-            keeper.add_argument("--name", help="record name (one run only)")
-            args = keeper.parse_args(argv[1:])
-            if args.name and len(args.runs) > 1:
-                keeper.error("--name names one record: give one run directory")
-            for run in args.runs:
-                print(f"Kept: {results.keep(run, args.results_dir, args.name)}")
-            return 0
-        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("dirs", nargs="*", type=Path, help="run or sweep directories")
-        parser.add_argument("--out", type=Path, help="where to write (default: the first dir)")
-        parser.add_argument(
-            "--results", action="store_true", help="rewrite README.md's results table"
-        )
-        parser.add_argument(
-            "--check", action="store_true", help="with --results: fail if README disagrees"
-        )
-        parser.add_argument("--readme", type=Path, default=Path("README.md"))
-        parser.add_argument("--results-dir", type=Path, default=results.RESULTS_DIR)
-        args = parser.parse_args(argv)
-        if args.results:
-            conf_dir = args.readme.parent / "conf"
-            if args.check:
-                if results.readme_agrees(args.readme, args.results_dir, conf_dir):
-                    print(f"{args.readme}: the results table agrees with {args.results_dir}")
-                    return 0
-                print(
-                    f"{args.readme}: the results table disagrees with {args.results_dir}; "
-                    f"run python -m attention_lab.report --results",
-                    file=sys.stderr,
-                )
-                return 1
-            changed = results.update_readme(args.readme, args.results_dir, conf_dir)
-            print(f"{args.readme}: results table {'rewritten' if changed else 'unchanged'}")
-            return 0
-        if not args.dirs:
-            parser.error("give run or sweep directories, or --results")
-        report = write_report(args.dirs, args.out or args.dirs[0])
-    except AttentionLabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"Report: {report}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
