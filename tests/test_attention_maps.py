@@ -39,6 +39,20 @@ def test_plots_have_one_panel_per_head_and_label_the_tokens(tmp_path: Path) -> N
     assert (tmp_path / "heads.png").stat().st_size > 0 and (tmp_path / "rollout.png").is_file()
 
 
+def test_plots_leave_out_the_padding_of_shorter_samples() -> None:
+    """Positions labelled "" at the end (padding to the batch's longest sample) are not drawn:
+    the panel shows the sample's own 4 x 4 weights, not 6 x 6."""
+    labels = ["[CLS]", "a", "", "b", "", ""]  # an empty label inside is kept
+    weights = torch.rand(2, 6, 6).softmax(-1)
+    figure = plot_heads(weights, labels, labels, "layer0")
+    panel = next(ax for ax in figure.axes if ax.get_title() == "head 1")
+    assert panel.get_images()[0].get_array().shape == (4, 4)
+    torch.testing.assert_close(
+        torch.as_tensor(panel.get_images()[0].get_array().data), weights[1, :4, :4]
+    )
+    assert [t.get_text() for t in panel.get_xticklabels()] == labels[:4]
+
+
 def test_random_affine_is_identity_at_zero_and_moves_pixels_otherwise() -> None:
     images = torch.rand(4, 1, 28, 28)
     torch.testing.assert_close(random_affine(images), images, atol=1e-5, rtol=0)

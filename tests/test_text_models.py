@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from attention_lab import classify, tag
+from attention_lab.cli import classify, tag
 from attention_lab.data.ud import IGNORE_INDEX
 from attention_lab.models.text import (
     TransformerTagger,

@@ -69,11 +69,21 @@ def _label_axes(ax, query_labels: list[str], key_labels: list[str]) -> None:
         set_ticks(positions, [labels[i] for i in positions], rotation=rotation, fontsize=6)
 
 
+def _unpadded(labels: list[str]) -> int:
+    """How many labels there are before the trailing "" ones (at least one)."""
+    return max(1, max((i + 1 for i, label in enumerate(labels) if label), default=0))
+
+
 def plot_heads(
     weights: Tensor, query_labels: list[str], key_labels: list[str], title: str
 ) -> Figure:
-    """One heat map per head of one sample's weights (H, T, S), axes labelled by token."""
-    weights = weights.detach().float().cpu()
+    """One heat map per head of one sample's weights (H, T, S), axes labelled by token.
+
+    Trailing positions labelled "" (the padding of a batch's shorter samples) are left out.
+    """
+    queries, keys = _unpadded(query_labels), _unpadded(key_labels)
+    weights = weights.detach().float().cpu()[:, :queries, :keys]
+    query_labels, key_labels = query_labels[:queries], key_labels[:keys]
     n_heads = weights.size(0)
     cols = min(n_heads, 4)
     rows = -(-n_heads // cols)

@@ -335,13 +335,14 @@ def bert_sentiment_classifier(
 ) -> BertSentimentClassifier:
     """The course's model over a pretrained BERT (``experiment=sst2_bert``, ``sst2_minilm*``);
     ``pooling="mean"`` reads the mean of the tokens instead of tanh of [CLS]."""
-    body = bert_from_pretrained(
-        pretrained, attention=attention, dropout=dropout, pooler=False, architecture=architecture
-    )
-    return BertSentimentClassifier(
-        body=body,
+    return _with_pretrained_body(
+        BertSentimentClassifier,
+        pretrained,
+        attention=attention,
+        dropout=dropout,
+        architecture=architecture,
         num_classes=num_classes,
-        dropout=head_dropout,
+        head_dropout=head_dropout,
         freeze_body=freeze_body,
         body_lr_scale=body_lr_scale,
         pooling=pooling,
@@ -361,17 +362,35 @@ def bert_tagger(
     architecture: dict[str, Any] | None = None,
 ) -> BertTagger:
     """A tag per word over a pretrained BERT (``experiment=ud_pos_minilm``)."""
-    body = bert_from_pretrained(
-        pretrained, attention=attention, dropout=dropout, pooler=False, architecture=architecture
-    )
-    return BertTagger(
-        body=body,
+    return _with_pretrained_body(
+        BertTagger,
+        pretrained,
+        attention=attention,
+        dropout=dropout,
+        architecture=architecture,
         num_tags=num_tags,
         word_pooling=word_pooling,
-        dropout=head_dropout,
+        head_dropout=head_dropout,
         freeze_body=freeze_body,
         body_lr_scale=body_lr_scale,
     )
+
+
+def _with_pretrained_body(
+    head: type[nn.Module],
+    pretrained: str,
+    *,
+    attention: str,
+    dropout: float | None,
+    architecture: dict[str, Any] | None,
+    head_dropout: float,
+    **settings: Any,
+) -> nn.Module:
+    """``head(body=<the pretrained Bert, no pooler>, dropout=head_dropout, **settings)``."""
+    body = bert_from_pretrained(
+        pretrained, attention=attention, dropout=dropout, pooler=False, architecture=architecture
+    )
+    return head(body=body, dropout=head_dropout, **settings)
 
 
 # ---------------------------------------------------------------------------------------- ViT

@@ -137,8 +137,13 @@ class _TextTask(L.LightningModule):
         return getattr(datamodule, "pad_id", PAD_ID)
 
     def _piece_labels(self, ids: Tensor) -> list[list[str]]:
-        tokenizer = self.trainer.datamodule.tokenizer
-        return [tokenizer.id_to_piece(row) for row in ids.tolist()]
+        """Each token's piece; padding labelled "" (``plot_heads`` leaves it out)."""
+        tokenizer, pad_id = self.trainer.datamodule.tokenizer, self._pad_id()
+        rows = ids.tolist()
+        return [
+            ["" if i == pad_id else piece for i, piece in zip(row, pieces, strict=True)]
+            for row, pieces in zip(rows, map(tokenizer.id_to_piece, rows), strict=True)
+        ]
 
     @property
     def num_parameters(self) -> int:
