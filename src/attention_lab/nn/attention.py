@@ -299,6 +299,73 @@ class MultiHeadAttention(nn.Module):
             if size is not None
         }
 
+    # ------------------------------------------------------------------ the paper's equations
+
+    def multi_head(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor | None = None,
+        *,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, where
+        head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V) (Vaswani et al., 2017, section 3.2.2).
+
+        query (B, T, E), key (B, S, kdim), value (B, S, vdim), batch first; mask (B|1, H|1, T, S)
+        in this package's convention (True = may attend, or float added), or None; ``causal``:
+        the kernel applies the causal mask itself. Returns (B, T, E) and, with ``need_weights``
+        or the explicit kernel, the weights (B, H, T, S).
+        """
+        q, k, v = self._project(query, key, value)  # (B, T, E), (B, S, E), (B, S, E)
+        k, v, mask = self._append_bias_kv(k, v, mask)  # nn.MultiheadAttention's extra key
+        q, k, v = (self._split_heads(x) for x in (q, k, v))  # (B, H, ., D)
+        k, v, mask = self._append_zero_attn(k, v, mask)  # and its zero key
+        out, weights = self._attend(q, k, v, mask, causal=causal, need_weights=need_weights)
+        batch, _, tgt_len, _ = out.shape
+        out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)  # concat: (B, T, E)
+        return self.out_proj(out), weights  # (B, T, E)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """(B, L, E) -> (B, H, L, D): head i sees features i*D .. (i+1)*D of the projection."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        *,
+        causal: bool,
+        need_weights: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention(Q, K, V) per head with this module's kernel: (B, H, T, D), and the
+        weights (B, H, T, S) where the explicit path computed them."""
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights or self.kernel == "explicit":
+            return scaled_dot_product_attention(q, k, v, mask, dropout_p)
+        if self.kernel == "fused":
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal
+            )
+        elif self.kernel == "triton":
+            from attention_lab.nn.triton_flash import triton_flash_attention
+
+            out = triton_flash_attention(
+                q, k, v, mask, causal=causal, dropout_p=dropout_p, **self._blocks()
+            )
+        else:
+            out = flash_attention(
+                q, k, v, mask, causal=causal, dropout_p=dropout_p, **self._blocks()
+            )
+        return out, None  # (B, H, T, D)
+
+    # ----------------------------------------------- nn.MultiheadAttention's call, around it
+
     def forward(
         self,
         query: Tensor,
@@ -330,25 +397,10 @@ class MultiHeadAttention(nn.Module):
         elif not self.batch_first:
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))  # (B, ., E)
         batch, tgt_len, _ = query.shape
-        src_len = key.size(1)
-
         if key.size(0) != batch:
             raise ValueError(f"query holds {batch} sequences but key {key.size(0)}")
-        # The flash, Triton and fused kernels take causality as a flag and skip the blocks it
-        # hides; every other path gets the mask. Extra keys (bias_kv, zero_attn) are appended
-        # after the source positions and stay visible to all queries, so they need the mask too.
-        # PyTorch's kernel takes the flag only without any other mask.
-        kernel_causal = (
-            is_causal
-            and not need_weights
-            and self.bias_k is None
-            and not self.add_zero_attn
-            and (
-                self.kernel in ("flash", "triton")
-                or (self.kernel == "fused" and attn_mask is None and key_padding_mask is None)
-            )
-        )
-        if is_causal and attn_mask is None and not kernel_causal:
+        causal = self._kernel_takes_causal(is_causal, need_weights, attn_mask, key_padding_mask)
+        if is_causal and attn_mask is None and not causal:
             attn_mask = ~causal_mask(tgt_len, device=query.device)  # (T, T), True = ignore
         mask = merge_masks(
             key_padding_mask,
@@ -356,50 +408,12 @@ class MultiHeadAttention(nn.Module):
             batch_size=batch,
             num_heads=self.num_heads,
             tgt_len=tgt_len,
-            src_len=src_len,
+            src_len=key.size(1),
             dtype=query.dtype,
         )  # (B|1, H|1, T, S), bool (True = may attend) or float, or None
-
-        q, k, v = self._project(query, key, value)  # (B, T, E), (B, S, E), (B, S, E)
-        if self.bias_k is not None:  # as nn.MultiheadAttention: one more key and value
-            k = torch.cat([k, self.bias_k.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
-            v = torch.cat([v, self.bias_v.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
-            mask = _append_allowed_keys(mask, 1)
-        q = q.view(batch, tgt_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(batch, k.size(1), self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
-        v = v.view(batch, v.size(1), self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
-        if self.add_zero_attn:  # and one more all-zero key and value per head
-            k = torch.cat([k, k.new_zeros(batch, self.num_heads, 1, self.head_dim)], dim=2)
-            v = torch.cat([v, v.new_zeros(batch, self.num_heads, 1, self.head_dim)], dim=2)
-            mask = _append_allowed_keys(mask, 1)  # (B|1, H|1, T, S+1)
-
-        dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights or self.kernel == "explicit":
-            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T, D)
-        elif self.kernel == "fused":
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=kernel_causal
-            )  # (B, H, T, D)
-        elif self.kernel == "triton":
-            from attention_lab.nn.triton_flash import triton_flash_attention
-
-            out = triton_flash_attention(
-                q, k, v, mask, causal=kernel_causal, dropout_p=dropout_p, **self._blocks()
-            )  # (B, H, T, D)
-        else:
-            out = flash_attention(
-                q,
-                k,
-                v,
-                mask,
-                causal=kernel_causal,
-                dropout_p=dropout_p,
-                **self._blocks(),
-            )  # (B, H, T, D)
-        out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)  # (B, T, E)
-        out = self.out_proj(out)  # (B, T, E)
-
+        out, weights = self.multi_head(
+            query, key, value, mask, causal=causal, need_weights=need_weights
+        )  # (B, T, E), (B, H, T, S) or None
         if not batched:
             out = out.squeeze(0)  # (T, E)
         elif not self.batch_first:
@@ -409,6 +423,51 @@ class MultiHeadAttention(nn.Module):
         if average_attn_weights:
             weights = weights.mean(dim=1)  # (B, T, S)
         return out, weights if batched else weights.squeeze(0)
+
+    def _kernel_takes_causal(
+        self,
+        is_causal: bool,
+        need_weights: bool,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+    ) -> bool:
+        """Whether the kernel applies causality as a flag (skipping the blocks it hides) rather
+        than being given the mask. The flash and Triton kernels take the flag; PyTorch's only
+        without any other mask. Extra keys (bias_kv, zero_attn) are appended after the source
+        positions and stay visible to all queries, so they need the mask."""
+        return (
+            is_causal
+            and not need_weights
+            and self.bias_k is None
+            and not self.add_zero_attn
+            and (
+                self.kernel in ("flash", "triton")
+                or (self.kernel == "fused" and attn_mask is None and key_padding_mask is None)
+            )
+        )
+
+    def _append_bias_kv(
+        self, k: Tensor, v: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """With ``add_bias_kv``, as nn.MultiheadAttention: one more learned key and value,
+        (B, S+1, E), visible to every query."""
+        if self.bias_k is None:
+            return k, v, mask
+        batch = k.size(0)
+        k = torch.cat([k, self.bias_k.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
+        v = torch.cat([v, self.bias_v.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
+        return k, v, _append_allowed_keys(mask, 1)
+
+    def _append_zero_attn(
+        self, k: Tensor, v: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """With ``add_zero_attn``, as nn.MultiheadAttention: one more all-zero key and value
+        per head, (B, H, S+1, D), visible to every query."""
+        if not self.add_zero_attn:
+            return k, v, mask
+        zeros = k.new_zeros(k.size(0), self.num_heads, 1, self.head_dim)  # (B, H, 1, D)
+        k, v = torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2)  # (B, H, S+1, D)
+        return k, v, _append_allowed_keys(mask, 1)  # (B|1, H|1, T, S+1)
 
 
 def _check_inputs(
