@@ -73,7 +73,7 @@ from attention_lab.run.training import (
     instantiate_setting,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
