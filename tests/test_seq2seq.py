@@ -234,7 +234,9 @@ def test_train_py_logs_translation_metrics_and_its_checkpoint_translates(
     assert table["columns"] == ["source", "reference", "hypothesis"] and len(table["data"]) == 8
 
     # The checkpoint holds the tokenizers, the run's config the model settings: no data needed.
-    ckpt = metrics["best_checkpoint"]
+    # metrics.json names it relative to the run directory.
+    assert not Path(metrics["best_checkpoint"]).is_absolute()
+    ckpt = run_dir / metrics["best_checkpoint"]
     sentences = ["Ein Hund läuft im Park.", "Eine Frau sitzt am Strand."]
     result = _run(
         ["-m", "attention_lab.cli.translate", f"ckpt={ckpt}", *sentences], tmp_path, tmp_path

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import lightning as L
 from torch import Tensor, nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from attention_lab.attention_maps import AttentionMap, AttentionSnapshot
 from attention_lab.nn.blocks import keep_attention_weights
-from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
+from attention_lab.optim import OptimizerFactory, SchedulerFactory
+from attention_lab.tasks.base import Task
 
 
-class ImageClassificationTask(L.LightningModule):
+class ImageClassificationTask(Task):
     """Cross-entropy training of any ``net`` that maps images (B, C, H, W) to logits (B, K).
 
-    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``); the scheduler
-    receives ``total_steps`` and is stepped every optimisation step.
     Logs ``{train,val,test}/loss``, ``{train,val,test}/acc`` (the fraction of all samples right,
     not a mean over classes) and ``val/acc_best``.
 
@@ -38,13 +34,7 @@ class ImageClassificationTask(L.LightningModule):
         label_smoothing: float = 0.0,
         divide_loss_by_batch_size: bool = False,
     ) -> None:
-        super().__init__()
-        # Plain values only: checkpoints then load with torch.load(weights_only=True). The whole
-        # run config is in the run directory and in the loggers.
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(net, optimizer, scheduler)
         self.divide_loss_by_batch_size = divide_loss_by_batch_size
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -89,14 +79,6 @@ class ImageClassificationTask(L.LightningModule):
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_for(
-            self.net,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-        )
-
     def attention_maps(self, batch: tuple[Tensor, Tensor]) -> AttentionSnapshot:
         """Every layer's per-head attention for ``batch``, labelled by the net's tokens.
 
@@ -113,8 +95,3 @@ class ImageClassificationTask(L.LightningModule):
         if getattr(self.net, "cls_token", None) is None or grid is None:
             return AttentionSnapshot(maps)
         return AttentionSnapshot(maps, images=images, patch_grid=grid)
-
-    @property
-    def num_parameters(self) -> int:
-        """Trainable parameters of the wrapped model."""
-        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)

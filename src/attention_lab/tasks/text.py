@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
@@ -32,15 +31,16 @@ from attention_lab.data.ud import IGNORE_INDEX
 from attention_lab.models.bert import Bert
 from attention_lab.models.text import word_pooling_matrix
 from attention_lab.nn.blocks import keep_attention_weights
-from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
+from attention_lab.optim import OptimizerFactory, SchedulerFactory
 from attention_lab.run.checkpoints import PRETRAINED_ARCHITECTURE_KEY
+from attention_lab.tasks.base import Task
 from attention_lab.tasks.translation import TOKENIZERS_KEY
 
 LABEL_NAMES_KEY = "label_names"  # checkpoint entry: the tag or class names, in index order
 BERT_TOKENIZER_KEY = "bert_tokenizer"  # checkpoint entry: a pretrained body's tokenizer (JSON)
 
 
-class _TextTask(L.LightningModule):
+class _TextTask(Task):
     """What both tasks share: optimisers, the best validation accuracy, checkpoint contents."""
 
     def __init__(
@@ -51,14 +51,9 @@ class _TextTask(L.LightningModule):
         num_classes: int,
         label_smoothing: float,
     ) -> None:
-        super().__init__()
+        super().__init__(net, optimizer, scheduler)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
-        # Plain values only: checkpoints then load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         for split in ("train", "val", "test"):
             metric = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
             setattr(self, f"{split}_acc", metric)
@@ -122,14 +117,6 @@ class _TextTask(L.LightningModule):
             checkpoint[PRETRAINED_ARCHITECTURE_KEY] = dict(body.settings)
         checkpoint[LABEL_NAMES_KEY] = list(datamodule.label_names)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_for(
-            self.net,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-        )
-
     def _pad_id(self) -> int:
         """The data's padding id (a pretrained tokenizer's own), <pad> without a trainer."""
         trainer = self._trainer
@@ -144,11 +131,6 @@ class _TextTask(L.LightningModule):
             ["" if i == pad_id else piece for i, piece in zip(row, pieces, strict=True)]
             for row, pieces in zip(rows, map(tokenizer.id_to_piece, rows), strict=True)
         ]
-
-    @property
-    def num_parameters(self) -> int:
-        """Trainable parameters of the wrapped model."""
-        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
 
 
 class TokenClassificationTask(_TextTask):

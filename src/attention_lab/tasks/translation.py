@@ -7,7 +7,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
@@ -21,7 +20,8 @@ from attention_lab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SubwordTokenize
 from attention_lab.models.decoding import beam_search, greedy_decode
 from attention_lab.models.seq2seq import Seq2SeqTransformer
 from attention_lab.nn.blocks import DecoderBlock, EncoderBlock, keep_attention_weights
-from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
+from attention_lab.optim import OptimizerFactory, SchedulerFactory
+from attention_lab.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ SAMPLE_COLUMNS = ["source", "reference", "hypothesis"]
 TOKENIZERS_KEY = "tokenizers"  # checkpoint entry: {"src": json, "tgt": json}
 
 
-class TranslationTask(L.LightningModule):
+class TranslationTask(Task):
     """Trains a ``Seq2SeqTransformer`` with label-smoothed cross-entropy on the next target token
     (padding ignored); evaluates perplexity and the BLEU of decoded translations.
 
@@ -60,7 +60,7 @@ class TranslationTask(L.LightningModule):
         val_bleu_sentences: int | None = None,
         n_samples: int = 8,
     ) -> None:
-        super().__init__()
+        super().__init__(net, optimizer, scheduler)
         for name, value in (("val_decoding", val_decoding), ("test_decoding", test_decoding)):
             if value not in DECODINGS:
                 choices = ", ".join(DECODINGS)
@@ -71,12 +71,6 @@ class TranslationTask(L.LightningModule):
             raise ValueError(f"max_extra_len={max_extra_len} must be at least 1")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
-        # Plain values only: checkpoints then load with torch.load(weights_only=True). The whole
-        # run config is in the run directory and in the loggers.
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
         self.val_bleu, self.test_bleu = CorpusBLEU(), CorpusBLEU()
@@ -253,16 +247,3 @@ class TranslationTask(L.LightningModule):
             "src": datamodule.src_tokenizer.to_str(),
             "tgt": datamodule.tgt_tokenizer.to_str(),
         }
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_for(
-            self.net,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-        )
-
-    @property
-    def num_parameters(self) -> int:
-        """Trainable parameters of the wrapped model."""
-        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
