@@ -73,6 +73,17 @@ def test_keep_copies_the_record_and_nothing_else(tmp_path: Path) -> None:
         keep(run, tmp_path / "results")
 
 
+def test_kept_records_name_their_checkpoint_relative_to_the_run(tmp_path: Path) -> None:
+    """A run that wrote an absolute path (as metrics.json did before) is kept with the path
+    relative to its run directory; nothing else in metrics.json changes."""
+    run = _run(tmp_path / "2026-01-01" / "10-00-00", "scratch", 3, 0.99, ["seed=3"])
+    written = json.loads((run / "metrics.json").read_text())
+    absolute = str((run / "checkpoints" / "epoch007.ckpt").resolve())
+    (run / "metrics.json").write_text(json.dumps(written | {"best_checkpoint": absolute}))
+    kept = json.loads((keep(run, tmp_path / "results") / "metrics.json").read_text())
+    assert kept == written | {"best_checkpoint": "checkpoints/epoch007.ckpt"}
+
+
 def test_keep_refuses_an_unfinished_run(tmp_path: Path) -> None:
     _fake_run(tmp_path / "failed", "torch", 0, None)
     with pytest.raises(ConfigError, match="not a finished run"):

@@ -34,6 +34,8 @@ def relative_to_run(path: str | Path | None, run_dir: Path) -> str | None:
     """``path`` relative to ``run_dir`` when it lies inside it (as written in records)."""
     if not path:
         return None
+    if not Path(path).is_absolute():
+        return str(path)  # relative already: to the run directory
     try:
         return str(Path(path).resolve().relative_to(run_dir.resolve()))
     except ValueError:
