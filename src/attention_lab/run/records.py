@@ -8,6 +8,8 @@ that writes and reads them.
 - ``history.jsonl``: one JSON line of metrics per epoch (``append_history``, ``read_history``).
 - ``failure.json``: the error that stopped a run (``record_failure``).
 
+Every write is atomic (``write_atomic``: written beside the target, then renamed into place), so
+a reader, or a run killed in the middle of a write, only ever sees the old file or the new one.
 ``load_run`` reads a run directory back as a ``Run`` (what reports and the results table use);
 ``find_runs`` finds every run below some folders.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,17 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
 HISTORY_FILE = "history.jsonl"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename (atomic on a
+    POSIX file system); the temporary file is removed if the write fails."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def relative_to_run(path: str | Path | None, run_dir: Path) -> str | None:
@@ -50,7 +64,7 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
         if key in record:
             record[key] = relative_to_run(record[key], run_dir)
     path = run_dir / METRICS_FILE
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
 
 
@@ -69,7 +83,7 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     message = f"{type(error).__name__}: {error}".strip()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FAILURE_FILE).write_text(json.dumps({"error": message}, indent=2) + "\n")
+        write_atomic(run_dir / FAILURE_FILE, json.dumps({"error": message}, indent=2) + "\n")
     except OSError as err:
         log.debug("No %s in %s: %s", FAILURE_FILE, run_dir, err)
 
@@ -84,8 +98,8 @@ def append_history(run_dir: str | Path, row: dict[str, Any]) -> None:
     """Add one epoch's row to ``history.jsonl``."""
     path = Path(run_dir) / HISTORY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    before = path.read_text() if path.is_file() else ""
+    write_atomic(path, before + json.dumps(row) + "\n")  # a line is whole or absent
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
