@@ -7,7 +7,7 @@ cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"  # the repository roo
 OUT=outputs/results/bench/2026-12-02-cpu-minilm
 export OMP_NUM_THREADS=1
 {
-  echo "machine: $(lscpu | grep 'Model name' | sed 's/ *Model name: *//'), $(nproc) cores, no GPU"
+  echo "machine: $(lscpu | grep 'Model name' | sed 's/ *Model name: *//'), $(nproc --all) cores (one thread used), no GPU"
   echo "git: $(git rev-parse HEAD)"
   echo "load before: $(cat /proc/loadavg)"
 } > $OUT/machine.txt
