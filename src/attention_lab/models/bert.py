@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from attention_lab.models.text import WORD_POOLINGS, word_pooling_matrix
+from attention_lab.models.text import WORD_POOLINGS, check_choice, word_pooling_matrix
 from attention_lab.nn.blocks import Encoder
 from attention_lab.nn.positional import build_positional
 
@@ -132,7 +132,7 @@ class _FineTuned(nn.Module):
         self.lr_scales = {} if freeze_body else {"body": body_lr_scale}
 
 
-SENTENCE_POOLINGS = ("cls_tanh", "mean")
+BERT_POOLINGS = ("cls_tanh", "mean")
 
 
 class BertSentimentClassifier(_FineTuned):
@@ -160,8 +160,7 @@ class BertSentimentClassifier(_FineTuned):
         )
         if num_classes <= 0:
             raise ValueError(f"num_classes={num_classes} must be positive")
-        if pooling not in SENTENCE_POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not one of {', '.join(SENTENCE_POOLINGS)}")
+        check_choice("pooling", pooling, BERT_POOLINGS)
         self.pooling = pooling
         self.head = nn.Linear(body.d_model, num_classes)
 
@@ -201,10 +200,7 @@ class BertTagger(_FineTuned):
         super().__init__(
             body, dropout=dropout, freeze_body=freeze_body, body_lr_scale=body_lr_scale
         )
-        if word_pooling not in WORD_POOLINGS:
-            raise ValueError(
-                f"word_pooling={word_pooling!r} is not one of {', '.join(WORD_POOLINGS)}"
-            )
+        check_choice("word_pooling", word_pooling, WORD_POOLINGS)
         if num_tags is None or num_tags <= 0:
             raise ValueError(f"num_tags={num_tags} must be positive")
         self.word_pooling = word_pooling

@@ -92,7 +92,8 @@ def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (B, W, T)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """A ``ValueError`` naming ``name`` and the choices when ``value`` is not one of them."""
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not known; choose one of {', '.join(choices)}")
 
@@ -105,7 +106,7 @@ class TransformerTagger(nn.Module):
 
     def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings: Any) -> None:
         super().__init__()
-        _check_choice("word_pooling", word_pooling, WORD_POOLINGS)
+        check_choice("word_pooling", word_pooling, WORD_POOLINGS)
         if num_tags is None or num_tags <= 0:
             raise ValueError(f"num_tags={num_tags} must be positive")
         self.word_pooling = word_pooling
@@ -129,7 +130,7 @@ class TransformerTextClassifier(nn.Module):
 
     def __init__(self, *, num_classes: int = 2, pooling: str = "cls", **settings: Any) -> None:
         super().__init__()
-        _check_choice("pooling", pooling, SENTENCE_POOLINGS)
+        check_choice("pooling", pooling, SENTENCE_POOLINGS)
         if num_classes <= 1:
             raise ValueError(f"num_classes={num_classes} must be at least 2")
         self.pooling = pooling

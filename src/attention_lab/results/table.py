@@ -45,7 +45,6 @@ from attention_lab.run.records import (
     METRICS_FILE,
     Run,
     load_run,
-    relative_to_run,
     write_metrics,
 )
 
@@ -96,16 +95,8 @@ def keep(run_dir: Path, results_dir: Path = RESULTS_DIR, name: str | None = None
             shutil.copy2(run_dir / file, target / file)
     # Rewritten through records: a checkpoint path in it relative to the run directory, also
     # for runs written before metrics.json kept it so.
-    write_metrics(target, {**run.metrics, **_relative_checkpoints(run.metrics, run_dir)})
+    write_metrics(target, run.metrics, paths_from=run_dir)
     return target
-
-
-def _relative_checkpoints(metrics: dict, run_dir: Path) -> dict:
-    return {
-        key: relative_to_run(metrics[key], run_dir)
-        for key in ("best_checkpoint", "checkpoint")
-        if metrics.get(key)
-    }
 
 
 @dataclass

@@ -56,13 +56,15 @@ def relative_to_run(path: str | Path | None, run_dir: Path) -> str | None:
         return str(path)
 
 
-def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics.json``, a checkpoint path in it relative to the run directory when the
-    checkpoint lies inside it."""
+def write_metrics(
+    run_dir: Path, metrics: dict[str, Any], *, paths_from: Path | None = None
+) -> Path:
+    """Write ``metrics.json`` into ``run_dir``, a checkpoint path in it relative to the run
+    directory it lies in: ``paths_from`` (the run a record is copied from), else ``run_dir``."""
     record = dict(metrics)
     for key in ("best_checkpoint", "checkpoint"):
         if key in record:
-            record[key] = relative_to_run(record[key], run_dir)
+            record[key] = relative_to_run(record[key], paths_from or run_dir)
     path = run_dir / METRICS_FILE
     write_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
