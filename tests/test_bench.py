@@ -10,15 +10,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from attention_lab.cli.bench import (
+from attention_lab.bench.measure import saved_bytes
+from attention_lab.bench.training import (
     SIZED_MODELS,
-    _saved_bytes,
-    _sized_model,
-    _step_flops,
-    _synthetic_config,
     count_graph_breaks,
-    main,
+    sized_model,
+    step_flops,
+    synthetic_config,
 )
+from attention_lab.cli.bench import main
 from attention_lab.nn.attention import PORTABLE_KINDS
 from tests.conftest import CONF_DIR
 
@@ -43,16 +43,16 @@ def test_saved_bytes_counts_each_saved_storage_once() -> None:
     x = torch.randn(64, 32, requires_grad=True)  # 8 KiB
     y = torch.randn(64, 32)
     # x * x saves x twice; (x * y).sum() saves y (x is not needed for the gradient wrt x).
-    assert _saved_bytes(lambda: (x * x).sum()) == x.nbytes
-    assert _saved_bytes(lambda: (x * x + x * y).sum()) == x.nbytes + y.nbytes
+    assert saved_bytes(lambda: (x * x).sum()) == x.nbytes
+    assert saved_bytes(lambda: (x * x + x * y).sum()) == x.nbytes + y.nbytes
     # Views of one storage hold no more memory than the storage.
-    assert _saved_bytes(lambda: (x[:32] * x[32:]).sum()) == x.nbytes
+    assert saved_bytes(lambda: (x[:32] * x[32:]).sum()) == x.nbytes
 
 
 def test_step_flops_counts_a_linear_layers_training_step() -> None:
     """Forward x W^T is 2 B I O FLOPs; backward, the gradients of x and W, twice that."""
     layer, x = torch.nn.Linear(32, 16, bias=False), torch.randn(8, 32, requires_grad=True)
-    assert _step_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 8 * 32 * 16
+    assert step_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 8 * 32 * 16
 
 
 def test_attention_benchmark_writes_table_csv_and_plot(
@@ -219,13 +219,13 @@ def test_train_benchmark_counts_translation_tokens_and_compiled_speedup(tmp_path
 def test_bert_base_minilm_and_vit_b_16_have_the_reference_sizes() -> None:
     """Built on the meta device (no memory): the parameter counts of the references."""
     with torch.device("meta"):
-        bert = _sized_model("bert_base", "scratch")
-        vit = _sized_model("vit_b_16", "scratch")
+        bert = sized_model("bert_base", "scratch")
+        vit = sized_model("vit_b_16", "scratch")
     # transformers' BertModel (bert-base-uncased) without its pooler, plus a 768 x 2 head
     assert sum(p.numel() for p in bert.parameters()) == 109_482_240 - 768 * 769 + 768 * 2 + 2
     assert sum(p.numel() for p in vit.parameters()) == 86_567_656  # torchvision's vit_b_16
     with torch.device("meta"):
-        minilm = _sized_model("minilm", "scratch")
+        minilm = sized_model("minilm", "scratch")
     # all-MiniLM-L6-v2's BertModel (22,713,216 with its 384 x 385 pooler) plus a 384 x 2 head
     assert sum(p.numel() for p in minilm.parameters()) == 22_713_216 - 384 * 385 + 384 * 2 + 2
 
@@ -371,7 +371,7 @@ def test_every_model_compiles_to_one_graph_with_every_portable_kind(
         sized_batch=2,
         overrides=["data.batch_size=2"],
     )
-    cfg = _synthetic_config(experiment, args)
+    cfg = synthetic_config(experiment, args)
     if cfg is not None and "n_layers" in cfg.model:
         cfg.model.n_layers = 1  # a break would be in every layer alike
     for kind in PORTABLE_KINDS:

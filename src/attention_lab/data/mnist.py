@@ -41,6 +41,20 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def synthetic_images(
+    batch_size: int,
+    *,
+    channels: int = 1,
+    size: int = 28,
+    num_classes: int = 10,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Random uint8 images (B, C, size, size) and labels (B,), as the MNIST loaders batch them."""
+    shape = (batch_size, channels, size, size)
+    images = torch.randint(256, shape, dtype=torch.uint8, generator=generator)
+    return images, torch.randint(num_classes, (batch_size,), generator=generator)
+
+
 class MNISTDataModule(L.LightningDataModule):
     """MNIST with a seeded train/validation split (55,000/5,000 by default) and the test set.
 
@@ -120,6 +134,15 @@ class MNISTDataModule(L.LightningDataModule):
         if not self.normalize:
             return images, labels
         return (images - MNIST_MEAN) / MNIST_STD, labels
+
+    def synthetic_batch(
+        self, length: int | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """A training batch made without the data: ``batch_size`` random images and labels in
+        the loaders' format (``on_after_batch_transfer`` makes them model input). What
+        ``bench train`` times steps on; ``length`` is not used (the model cuts images into
+        tokens)."""
+        return synthetic_images(self.batch_size, generator=generator)
 
     def _loader(self, dataset: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

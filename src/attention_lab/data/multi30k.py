@@ -30,6 +30,7 @@ from attention_lab.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    SPECIAL_TOKENS,
     SubwordTokenizer,
     check_tokenizer_settings,
     fingerprint,
@@ -293,6 +294,24 @@ class Multi30kDataModule(L.LightningDataModule):
     def tgt_tokenizer(self) -> SubwordTokenizer:
         """The target-language tokenizer (the same object as the source's when shared)."""
         return self._load_tokenizers()[1]
+
+    def synthetic_batch(
+        self, length: int, generator: torch.Generator | None = None
+    ) -> TranslationBatch:
+        """A training batch made without the data, in the loaders' format: ``batch_size``
+        pairs of a source of ``length`` tokens (pieces, <eos>) and a target of ``length + 1``
+        (<bos>, pieces, <eos>), random pieces of the ``vocab_size`` setting, no padding.
+        ``bench train`` times steps on it: a step's cost does not depend on which pieces."""
+        if length < 2:
+            raise ValueError(f"length={length}: a sentence needs a piece and <eos>")
+
+        def sentence(start: list[int]) -> Tensor:
+            shape = (length - 1,)
+            pieces = torch.randint(len(SPECIAL_TOKENS), self.vocab_size, shape, generator=generator)
+            return torch.tensor([*start, *pieces.tolist(), EOS_ID])
+
+        pairs = [(sentence([]), sentence([BOS_ID]), "", "") for _ in range(self.batch_size)]
+        return collate_pairs(pairs)
 
     @property
     def src_vocab_size(self) -> int:

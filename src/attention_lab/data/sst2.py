@@ -224,6 +224,12 @@ class SST2DataModule(TextDataModule):
         """The training phrases."""
         return self.split("train")[0]
 
+    def synthetic_item(
+        self, ids: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, str]:
+        """``ids`` with a random label."""
+        return ids, torch.randint(len(self.label_names), (), generator=generator), ""
+
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """<cls> + pieces (at most ``max_len`` in all) per text, and how many were truncated;
         with a pretrained tokenizer, [CLS] pieces [SEP] (at most ``max_tokens``)."""

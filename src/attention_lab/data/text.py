@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.multi30k import BucketBatchSampler
 from attention_lab.data.tokenizer import (
+    CLS_ID,
     PAD_ID,
     TOKENIZER_KINDS,
     SubwordTokenizer,
@@ -132,6 +135,26 @@ class TextDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         """The tokenizer's number of ids, special tokens included."""
         return self.tokenizer.vocab_size
+
+    def synthetic_batch(self, length: int, generator: torch.Generator | None = None) -> Any:
+        """A training batch made without the data, in the loaders' format: ``batch_size``
+        sentences of ``length`` tokens each (<cls> then random piece ids; no padding) with
+        random labels. ``bench train`` times steps on it: a step's cost does not depend on
+        which pieces a sentence holds."""
+        if length < 2:
+            raise ValueError(f"length={length}: a sentence needs <cls> and at least one piece")
+        vocab = self.tokenizer.vocab_size if self.pretrained else self.max_pieces
+        cls_id = self.tokenizer.cls_id if self.pretrained else CLS_ID
+        items = []
+        for _ in range(self.batch_size):
+            ids = torch.randint(CLS_ID + 1, vocab, (length,), generator=generator)  # (T,)
+            ids[0] = cls_id
+            items.append(self.synthetic_item(ids, generator))
+        return self.collate_fn(items)
+
+    def synthetic_item(self, ids: Tensor, generator: torch.Generator | None) -> Any:
+        """One sample as the datasets give it, around the token ids ``ids`` (T,)."""
+        raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]

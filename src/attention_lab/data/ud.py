@@ -331,6 +331,16 @@ class UDDataModule(TextDataModule):
         """The training sentences, words joined by spaces."""
         return [" ".join(s.words) for s in self.sentences("train")]
 
+    def synthetic_item(self, ids: Tensor, generator: torch.Generator | None) -> TaggedItem:
+        """``ids`` cut into words of 1.5 pieces on average, each with a random UPOS tag (the
+        treebank's own tag set is known only from its files); no word unseen."""
+        starts = torch.rand(len(ids) - 1, generator=generator) < 2 / 3  # a word starts here
+        starts[0] = True
+        word_ids = torch.cat([torch.tensor([-1]), starts.long().cumsum(0) - 1])  # (T,)
+        n_words = int(word_ids[-1]) + 1
+        tags = torch.randint(len(UPOS_TAGS), (n_words,), generator=generator)  # (W,)
+        return ids, word_ids, tags, ["word"] * n_words, torch.zeros(n_words, dtype=torch.bool)
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return

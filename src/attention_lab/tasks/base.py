@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from torch import nn
+from torch import Tensor, nn
 
 from attention_lab.optim import OptimizerFactory, SchedulerFactory, optimizers_for
 
@@ -29,6 +29,13 @@ class Task(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+
+    def loss(self, batch: Any) -> Tensor:
+        """The loss a training step differentiates, for ``batch`` as the task's data module
+        yields it (after ``on_after_batch_transfer``): no metric updated, nothing logged.
+        ``training_step`` returns it, and ``bench train`` times a step of exactly this
+        (``attention_lab.bench.training``)."""
+        raise NotImplementedError
 
     def configure_optimizers(self) -> dict[str, Any]:
         return optimizers_for(

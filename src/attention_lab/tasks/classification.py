@@ -48,10 +48,21 @@ class ImageClassificationTask(Task):
         """images: (B, C, H, W) -> logits (B, K)."""
         return self.net(images)
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
+    def _loss_and_logits(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The batch's mean cross-entropy and its logits (B, K)."""
         images, labels = batch
         logits = self(images)  # (B, K)
-        loss = self.criterion(logits, labels)
+        return self.criterion(logits, labels), logits
+
+    def _differentiated(self, loss: Tensor, batch_size: int) -> Tensor:
+        return loss / batch_size if self.divide_loss_by_batch_size else loss
+
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return self._differentiated(self._loss_and_logits(batch)[0], batch[0].size(0))
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
+        images, labels = batch
+        loss, logits = self._loss_and_logits(batch)
         accuracy = getattr(self, f"{split}_acc")
         accuracy(logits, labels)
         on_step = split == "train"
@@ -60,9 +71,7 @@ class ImageClassificationTask(Task):
             f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
         )
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        if self.divide_loss_by_batch_size:
-            return loss / images.size(0)
-        return loss
+        return self._differentiated(loss, images.size(0))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

@@ -84,9 +84,18 @@ class _TextTask(Task):
         )
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
 
+    def _outputs(self, batch: Sequence) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, logits (N, K), targets (N,)) of ``batch``."""
+        raise NotImplementedError
+
+    def loss(self, batch: Sequence) -> Tensor:
+        return self._outputs(batch)[0]
+
     def _step(self, batch: Sequence, split: str) -> Tensor:
         """Loss of ``batch``, with the split's metrics updated and logged."""
-        raise NotImplementedError
+        loss, logits, targets = self._outputs(batch)
+        self._log_split(split, loss, logits, targets, n=batch[0].size(0))
+        return loss
 
     def training_step(self, batch: Sequence, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
@@ -165,12 +174,15 @@ class TokenClassificationTask(_TextTask):
         """ids, word_ids: (B, T) -> logits (B, W, num_tags)."""
         return self.net(ids, word_ids, n_words)
 
-    def _step(self, batch: Sequence, split: str) -> Tensor:
+    def _outputs(self, batch: Sequence) -> tuple[Tensor, Tensor, Tensor]:
         ids, word_ids, tags = batch[0], batch[1], batch[2]
         logits = self(ids, word_ids, tags.size(1)).flatten(0, 1)  # (B*W, K)
         targets = tags.flatten()  # (B*W,)
-        loss = self._loss(logits, targets)
-        self._log_split(split, loss, logits, targets, n=ids.size(0))
+        return self._loss(logits, targets), logits, targets
+
+    def _step(self, batch: Sequence, split: str) -> Tensor:
+        loss, logits, targets = self._outputs(batch)
+        self._log_split(split, loss, logits, targets, n=batch[0].size(0))
         if split != "train":
             f1 = getattr(self, f"{split}_f1")
             f1(logits, targets)
@@ -271,12 +283,10 @@ class SequenceClassificationTask(_TextTask):
         """ids, padding (True at padding): (B, T) -> logits (B, num_classes)."""
         return self.net(ids, padding) if self.takes_padding else self.net(ids)
 
-    def _step(self, batch: Sequence, split: str) -> Tensor:
+    def _outputs(self, batch: Sequence) -> tuple[Tensor, Tensor, Tensor]:
         ids, labels = batch[0], batch[1]
         logits = self(ids, _padding(batch))  # (B, K)
-        loss = self._loss(logits, labels)
-        self._log_split(split, loss, logits, labels, n=ids.size(0))
-        return loss
+        return self._loss(logits, labels), logits, labels
 
     def attention_maps(self, batch: Sequence) -> AttentionSnapshot:
         """Every layer's per-head attention over the tokens (<cls> and pieces) of ``batch``."""

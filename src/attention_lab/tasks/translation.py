@@ -84,20 +84,30 @@ class TranslationTask(Task):
         """src: (B, S), tgt_in: (B, T) -> next-token logits (B, T, V)."""
         return self.net(src, tgt_in)
 
-    def _losses(self, batch: TranslationBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """(label-smoothed loss, plain cross-entropy, number of target tokens), per token."""
+    def _logits_and_targets(self, batch: TranslationBatch) -> tuple[Tensor, Tensor]:
+        """Teacher-forced next-token logits (B*(T-1), V) and the tokens they predict."""
         tgt_in, tgt_out = batch.tgt[:, :-1], batch.tgt[:, 1:]  # (B, T-1), (B, T-1)
-        logits = self(batch.src, tgt_in).flatten(0, 1)  # (B*(T-1), V)
-        targets = tgt_out.flatten()  # (B*(T-1),)
-        loss = F.cross_entropy(
+        return self(batch.src, tgt_in).flatten(0, 1), tgt_out.flatten()
+
+    def _smoothed_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(
             logits, targets, ignore_index=PAD_ID, label_smoothing=self.hparams.label_smoothing
         )
+
+    def loss(self, batch: TranslationBatch) -> Tensor:
+        """The label-smoothed cross-entropy per target token."""
+        return self._smoothed_loss(*self._logits_and_targets(batch))
+
+    def _losses(self, batch: TranslationBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """(label-smoothed loss, plain cross-entropy, number of target tokens), per token."""
+        logits, targets = self._logits_and_targets(batch)
+        loss = self._smoothed_loss(logits, targets)
         with torch.no_grad():
             nll = F.cross_entropy(logits, targets, ignore_index=PAD_ID)
         return loss, nll, (targets != PAD_ID).sum()
 
     def training_step(self, batch: TranslationBatch, batch_idx: int) -> Tensor:
-        loss, _, _ = self._losses(batch)
+        loss = self.loss(batch)
         n_pairs = batch.src.size(0)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_pairs)
         return loss
