@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,13 +14,35 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from attention_lab.errors import AttentionLabError, TrainingInterrupted
+from attention_lab.errors import AttentionLabError, DiskFullError, TrainingInterrupted
 from attention_lab.run.attempts import Attempt
 from attention_lab.run.checkpoints import resume_command
 from attention_lab.run.records import FAILURE_FILE, record_failure
 from attention_lab.run.training import train
 
 log = logging.getLogger("train")
+
+
+def disk_full(error: BaseException, run_dir: Path, resume: str) -> DiskFullError | None:
+    """``error`` as one line naming the run directory, the space left and the resume command,
+    when a full disk (ENOSPC) caused it, however deep in the chain of causes; else None."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in causes:  # a chain of contexts can loop
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    cause = next((c for c in causes if isinstance(c, OSError) and c.errno == errno.ENOSPC), None)
+    if cause is None:
+        return None
+    try:
+        free = f"{shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    where = f" writing {cause.filename}" if getattr(cause, "filename", None) else ""
+    return DiskFullError(
+        f"The disk of {run_dir} is full ({free}){where}; its newest checkpoint is whole. Free "
+        f"some space, then resume with: {resume}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -39,17 +63,20 @@ def main(cfg: DictConfig) -> float | None:
             cfg.logger.wandb.group = f"{cfg.experiment_name}-{Path(hydra_cfg.sweep.dir).name}"
     exit_code = 1  # anything not caught below is a crash
     error: BaseException | None = None
+    # A log line that cannot be written (a full disk) is dropped, not a traceback on stderr.
+    logging.raiseExceptions = False
+    resume = resume_command(hydra_cfg.overrides.task, cfg.paths.output_dir)
     try:
         metrics = train(cfg, on_start=attempt.start_training if attempt else None)
         exit_code = 0
-    except Exception as err:
+    except Exception as caught:
+        err = disk_full(caught, Path(cfg.paths.output_dir), resume) or caught
         error = err
         if attempt is None or attempt.writes_run:  # a refused resume leaves the run as it was
             record_failure(Path(cfg.paths.output_dir), err)
         if isinstance(err, TrainingInterrupted):
             exit_code = err.exit_code
-            command = resume_command(hydra_cfg.overrides.task, cfg.paths.output_dir)
-            log.error("%s. Resume with: %s", err, command)
+            log.error("%s. Resume with: %s", err, resume)
             sys.exit(exit_code)
         if isinstance(err, AttentionLabError):
             exit_code = err.exit_code
@@ -65,7 +92,10 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         # Close the W&B run even when training failed, so its files are complete on disk.
         if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
+            try:
+                wandb.finish(exit_code=exit_code)
+            except Exception as finish_error:  # e.g. a full disk: the run's message comes first
+                log.warning("W&B could not close its run: %s", finish_error)
         log.info("Outputs: %s", cfg.paths.output_dir)
         if attempt is not None:
             attempt.end(exit_code, error, Path(cfg.paths.output_dir) / FAILURE_FILE)

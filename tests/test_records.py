@@ -18,13 +18,12 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_debris(
     """A full disk (ENOSPC) after half the bytes: metrics.json is still the old one, whole."""
     records.write_metrics(tmp_path, {"test": {"test/acc": 0.5}, "best_checkpoint": None})
     old = (tmp_path / records.METRICS_FILE).read_text()
-    real_write = Path.write_text
 
-    def half_then_full_disk(self: Path, text: str, *args, **kwargs) -> int:
-        real_write(self, text[: len(text) // 2], *args, **kwargs)
+    def half_then_full_disk(fd: int) -> None:  # the write reaches the disk cut in half
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    monkeypatch.setattr(os, "fsync", half_then_full_disk)
     with pytest.raises(OSError, match="No space left"):
         records.write_metrics(tmp_path, {"test": {"test/acc": 0.9}, "best_checkpoint": None})
     monkeypatch.undo()

@@ -46,3 +46,12 @@ class TrainingInterrupted(AttentionLabError):
             f"Interrupted by {self.signal_name} at epoch {epoch} step {step}; "
             f"checkpoint saved to {checkpoint}"
         )
+
+
+class RunInUseError(AttentionLabError):
+    """Another live process is writing in the run directory; the message names it."""
+
+
+class DiskFullError(AttentionLabError, OSError):
+    """The disk of the run directory filled up; the message names it, the space left, and
+    the command that resumes the run once space is freed."""

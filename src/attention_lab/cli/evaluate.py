@@ -24,9 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from attention_lab.bleu import SIGNATURES
-from attention_lab.errors import AttentionLabError, ConfigError
+from attention_lab.errors import AttentionLabError, ConfigError, RunInUseError
 from attention_lab.run.checkpoints import check_fits, load_trained
 from attention_lab.run.config import validate
+from attention_lab.run.lock import in_use_message, lock_holder, run_lock
 from attention_lab.run.provenance import provenance
 from attention_lab.run.records import write_metrics
 from attention_lab.run.training import (
@@ -58,11 +59,23 @@ def evaluate(
     config: str | Path | None = None,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Test ``ckpt`` with its run's config; returns (and writes) the metrics."""
+    """Test ``ckpt`` with its run's config; returns (and writes) the metrics.
+
+    Its folder's lock is held while it runs (``run.lock``); the default folder lies in the run
+    directory, so a run that is still training (holding its lock) is not evaluated into."""
+    ckpt = Path(ckpt)
+    run_dir = ckpt.resolve().parent.parent
+    out_dir = Path(out) if out else run_dir / f"evaluate-{ckpt.stem}"
+    holder = lock_holder(run_dir) if out_dir.resolve().is_relative_to(run_dir) else None
+    if holder is not None:
+        raise RunInUseError(in_use_message(run_dir, holder, "out"))
     checkpoint, cfg = load_trained(ckpt, config)
     cfg = apply_overrides(cfg, overrides or [])
-    ckpt = Path(ckpt)
-    out_dir = Path(out) if out else ckpt.resolve().parent.parent / f"evaluate-{ckpt.stem}"
+    with run_lock(out_dir, "out"):
+        return _evaluate(checkpoint, cfg, ckpt, out_dir)
+
+
+def _evaluate(checkpoint: dict[str, Any], cfg: DictConfig, ckpt: Path, out_dir: Path) -> dict:
     cfg.paths.output_dir = str(out_dir)
     cfg.ckpt_path = None  # the run's own resume setting, if any, is not ours
     validate(cfg)

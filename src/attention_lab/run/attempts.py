@@ -49,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attention_lab.errors import AttentionLabError, ConfigError, TrainingInterrupted
 from attention_lab.run.config import output_dir_problem
+from attention_lab.run.records import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,13 @@ class Attempt:
         root.addHandler(self._log_handler)
 
     def _write_outcome(self, record: dict[str, Any]) -> None:
-        self.record.mkdir(parents=True, exist_ok=True)
-        (self.record / OUTCOME_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        """Write ``outcome.json`` atomically; a disk that cannot take it (full, read-only) is a
+        warning: the command's own message has been reported already."""
+        try:
+            self.record.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.record / OUTCOME_FILE, json.dumps(record, indent=2) + "\n")
+        except OSError as err:
+            log.warning("No %s in %s: %s", OUTCOME_FILE, self.record, err)
 
     def outcome(self, error: BaseException | None) -> str:
         """finished, interrupted, refused (a bad setting found before training) or failed."""

@@ -1,5 +1,6 @@
-"""Checkpoints to resume from: name them (``ckpt_path=last``), read them safely, check the fit;
-and checkpoints to use (``load_trained``: the one loader of ``evaluate`` and, through
+"""Checkpoints to write whole (``AtomicCheckpointIO``); to resume from: name them
+(``ckpt_path=last``: the newest that loads), read them safely, check the fit; and checkpoints
+to use (``load_trained``: the one loader of ``evaluate`` and, through
 ``commands.load_trained_run``, of ``translate``, ``tag`` and ``classify``).
 
 Every checkpoint is unpickled with ``weights_only=True``: tensors and plain values only, so a
@@ -8,6 +9,8 @@ file from elsewhere cannot run code. The task keeps its hyper-parameters plain f
 
 from __future__ import annotations
 
+import functools
+import logging
 import pickle
 import shlex
 import zipfile
@@ -16,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from attention_lab.errors import ConfigError
+from attention_lab.run.records import atomic_file
+
+log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"  # ModelCheckpoint(save_last=True) and CheckpointOnSignal write it
 # Checkpoint entry of a run over a pretrained body: its architecture (``Bert.settings``), so that
@@ -27,23 +34,80 @@ LAST_CHECKPOINT = "last.ckpt"  # ModelCheckpoint(save_last=True) and CheckpointO
 PRETRAINED_ARCHITECTURE_KEY = "pretrained_architecture"
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing each file beside its target on the same disk and
+    renaming it into place (``records.atomic_file``): a kill, a power cut or a full disk in the
+    middle of a save leaves the previous file whole, never a torn one. (Lightning's own writer
+    stages the bytes in the system's temporary folder and copies them over when that is another
+    file system, which is not atomic.)"""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as handle:
+            torch.save(checkpoint, handle)
+
+
 def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> Path | None:
-    """``ckpt_path`` as a file that exists: ``last`` is ``checkpoint_dir/last.ckpt``."""
+    """``ckpt_path`` as a file that exists: ``last`` is the newest checkpoint of
+    ``checkpoint_dir`` that loads (``last.ckpt`` unless it cannot be read)."""
     if value is None or str(value) == "":
         return None
     if str(value) == "last":
-        path = Path(checkpoint_dir) / LAST_CHECKPOINT
-        if not path.is_file():
-            raise ConfigError(
-                f"ckpt_path=last: there is no {path}. Name the run directory to resume in: "
-                f"python train.py ckpt_path=last hydra.run.dir=outputs/runs/<date>/<time>"
-            )
-        return path
+        return newest_loadable(Path(checkpoint_dir))
     path = Path(str(value)).expanduser()
     if not path.is_file():
         what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
         raise ConfigError(f"ckpt_path={value} {what}; give a .ckpt file, or ckpt_path=last")
     return path
+
+
+def newest_loadable(folder: Path) -> Path:
+    """``folder/last.ckpt`` if it loads, else the newest other ``.ckpt`` there that does (a
+    warning says which were passed over and why); ``ConfigError`` when none does."""
+    last = folder / LAST_CHECKPOINT
+    others = [path for path in folder.glob("*.ckpt") if path.name != LAST_CHECKPOINT]
+    others.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    candidates = [last] * last.is_file() + others
+    if not candidates:
+        raise ConfigError(
+            f"ckpt_path=last: there is no {last}. Name the run directory to resume in: "
+            f"python train.py ckpt_path=last hydra.run.dir=outputs/runs/<date>/<time>"
+        )
+    passed_over = []
+    for path in candidates:
+        stat = path.stat()
+        problem = _load_problem(str(path), stat.st_mtime_ns, stat.st_size)
+        if problem is not None:
+            passed_over.append(f"{path.name}: {problem}")
+            continue
+        if passed_over:
+            log.warning(
+                "ckpt_path=last: resuming from %s, the newest checkpoint that loads; passed "
+                "over %s",
+                path,
+                "; ".join(passed_over),
+            )
+        return path
+    raise ConfigError(
+        f"ckpt_path=last: no checkpoint in {folder} loads ({'; '.join(passed_over)}); start "
+        f"the run again in a new hydra.run.dir"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _load_problem(path: str, mtime_ns: int, size: int) -> str | None:
+    """Why the checkpoint at ``path`` (as it was at ``mtime_ns`` and ``size``) cannot be read,
+    None if it can: checking the config and then resuming read a file once."""
+    try:
+        read_checkpoint(Path(path))
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def read_checkpoint(path: Path, setting: str = "ckpt_path") -> dict[str, Any]:

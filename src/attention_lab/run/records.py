@@ -8,8 +8,11 @@ that writes and reads them.
 - ``history.jsonl``: one JSON line of metrics per epoch (``append_history``, ``read_history``).
 - ``failure.json``: the error that stopped a run (``record_failure``).
 
-Every write is atomic (``write_atomic``: written beside the target, then renamed into place), so
-a reader, or a run killed in the middle of a write, only ever sees the old file or the new one.
+Every write is atomic (``atomic_file``: written beside the target, flushed to the disk, then
+renamed into place; checkpoints too, through ``checkpoints.AtomicCheckpointIO``), so a reader,
+or a run killed in the middle of a write, only ever sees the old file or the new one. A
+temporary file a kill leaves behind (``.NAME.PID.tmp``) is removed by the next command that
+takes the run directory (``remove_temporaries``).
 ``load_run`` reads a run directory back as a ``Run`` (what reports and the results table use);
 ``find_runs`` finds every run below some folders.
 """
@@ -20,9 +23,11 @@ import json
 import logging
 import os
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import OmegaConf
 
@@ -33,15 +38,42 @@ FAILURE_FILE = "failure.json"
 HISTORY_FILE = "history.jsonl"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and a rename (atomic on a
-    POSIX file system); the temporary file is removed if the write fails."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+TEMPORARY_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path`` through: a temporary file beside it (same file system),
+    flushed to the disk and renamed over ``path`` when the block ends without an error (atomic
+    on a POSIX file system); removed, and ``path`` left as it was, when it raises."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        temporary.write_text(text)
+        with temporary.open("wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())  # the bytes are on the disk before the name points at them
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (``atomic_file``)."""
+    with atomic_file(path) as handle:
+        handle.write(text.encode())
+
+
+def remove_temporaries(*folders: Path) -> list[Path]:
+    """Remove the temporary files of ``atomic_file`` that a killed process left in ``folders``
+    (call it holding the run directory's lock: no other process is writing there)."""
+    removed = []
+    for folder in folders:
+        for path in folder.glob(f".*{TEMPORARY_SUFFIX}") if folder.is_dir() else []:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("Removed what an interrupted write left: %s", ", ".join(map(str, removed)))
+    return removed
 
 
 def relative_to_run(path: str | Path | None, run_dir: Path) -> str | None:

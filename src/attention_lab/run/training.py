@@ -26,10 +26,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.run.attempts import attempt_config_file
-from attention_lab.run.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
+from attention_lab.run.checkpoints import (
+    AtomicCheckpointIO,
+    check_fits,
+    read_checkpoint,
+    resolve_ckpt_path,
+)
 from attention_lab.run.config import validate
+from attention_lab.run.lock import run_lock
 from attention_lab.run.provenance import provenance
-from attention_lab.run.records import read_history, write_metrics
+from attention_lab.run.records import read_history, remove_temporaries, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +121,24 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict[s
     """Fit, then test the best checkpoint; returns (and writes) the run's metrics.
 
     ``on_start`` is called once every check has passed, before anything is written to the run
-    directory (``train.py`` uses it to tell a refused command from a started one).
+    directory (``train.py`` uses it to tell a refused command from a started one). The run
+    directory's lock is held throughout (``run.lock``): a second command aimed at it is refused.
     """
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    with run_lock(run_dir, "hydra.run.dir"):
+        remove_temporaries(run_dir, Path(cfg.paths.checkpoint_dir))  # of a killed write
+        datamodule, task, ckpt_path = _build(cfg)
+        if on_start is not None:
+            on_start()
+        return _fit_and_test(cfg, run_dir, datamodule, task, ckpt_path)
+
+
+def _build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, Path | None]:
+    """The data module, the task around its model, and the checkpoint to resume from, each
+    checked (the checkpoint against the model, the data files on disk) before training."""
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.checkpoint_dir)
     L.seed_everything(cfg.seed, workers=True)
-
     datamodule = instantiate_setting(cfg.data, "data")  # constructing it reads no files
     data_decides_model = any(cfg.model.get(key, 0) is None for key in DATA_DECIDED_MODEL_KEYS)
     if data_decides_model:
@@ -142,15 +159,28 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict[s
         del resumed  # Lightning reads the file again; do not hold two copies
     if not data_decides_model:
         datamodule.prepare_data()  # missing data fails here, before any logger or trainer exists
-    if on_start is not None:
-        on_start()
+    return datamodule, task, ckpt_path
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    run_dir: Path,
+    datamodule: L.LightningDataModule,
+    task: L.LightningModule,
+    ckpt_path: Path | None,
+) -> dict[str, Any]:
+    """Fit (checkpoints written whole: ``AtomicCheckpointIO``), test the best checkpoint, and
+    write ``metrics.json``."""
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate_setting(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
-
-    n_params = count_parameters(net)
+    n_params = count_parameters(task.net)
     log.info("Model %s: %s trainable parameters", cfg.model._target_, f"{n_params:,}")
     for logger in loggers:
         logger.log_hyperparams(
@@ -162,6 +192,25 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict[s
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_time_s = time.perf_counter() - started
 
+    metrics = _fit_record(cfg, trainer, n_params, fit_time_s, run_dir)
+    best_path = metrics["best_checkpoint"] or ""
+    if cfg.get("test"):
+        if not best_path:
+            log.warning("No best checkpoint was saved (fast_dev_run?): testing the final weights.")
+        results = trainer.test(
+            task, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
+        )
+        metrics["test"] = {k: _as_float(v) for k, v in (results[0] if results else {}).items()}
+    metrics["provenance"] = provenance()  # machine, library versions, git commit
+    if trainer.is_global_zero:
+        write_metrics(run_dir, metrics)
+    return metrics
+
+
+def _fit_record(
+    cfg: DictConfig, trainer: L.Trainer, n_params: int, fit_time_s: float, run_dir: Path
+) -> dict[str, Any]:
+    """What ``metrics.json`` says of the fit; ``test`` is filled by the caller."""
     # The first ModelCheckpoint (the config's model_checkpoint) chooses the checkpoint to test.
     checkpoint = next(
         (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None
@@ -183,16 +232,6 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict[s
         "best_val": _as_float(checkpoint.best_model_score) if checkpoint is not None else None,
         "test": {},
     }
-    if cfg.get("test"):
-        if not best_path:
-            log.warning("No best checkpoint was saved (fast_dev_run?): testing the final weights.")
-        results = trainer.test(
-            task, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
-        )
-        metrics["test"] = {k: _as_float(v) for k, v in (results[0] if results else {}).items()}
-    metrics["provenance"] = provenance()  # machine, library versions, git commit
-    if trainer.is_global_zero:
-        write_metrics(run_dir, metrics)
     return metrics
 
 
