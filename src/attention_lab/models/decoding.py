@@ -73,25 +73,19 @@ def beam_search(
     ``2 * beam_size`` extensions are ranked; those among the first ``beam_size`` that end with the
     end token become finished hypotheses, and the best ``beam_size`` that do not end carry on.
     A sentence is done when it has ``beam_size`` finished hypotheses (as fairseq does); at
-    ``max_len`` its unfinished prefixes count as finished. The answer is the finished hypothesis
-    with the highest log-probability / lp (see ``length_penalty_factor``). With
-    ``beam_size=1`` this is greedy decoding.
+    ``max_len`` its unfinished prefixes count as finished. The answer: the finished hypothesis
+    with the highest log-probability / lp (``length_penalty_factor``); ``beam_size=1`` is greedy.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size={beam_size} must be at least 1 (1 is greedy decoding)")
     max_len = _generation_limit(model, max_len)
     batch, k = src.size(0), beam_size
-    memory, src_padding = model.encode(src)  # (B, S, E), (B, S)
-    memory = memory.repeat_interleave(k, dim=0)  # (B*K, S, E)
-    src_padding = src_padding.repeat_interleave(k, dim=0)  # (B*K, S)
-
+    memory, src_padding = (x.repeat_interleave(k, dim=0) for x in model.encode(src))  # (B*K, ...)
     tokens = src.new_full((batch * k, 1), bos_id)  # (B*K, 1)
     # Only the first beam is live at the start, else all K beams would pick the same tokens.
     scores = torch.full((batch, k), float("-inf"), device=src.device)  # (B, K) sum of log-probs
     scores[:, 0] = 0.0
-    best_score = torch.full((batch,), float("-inf"), device=src.device)  # (B,) normalised
-    best: list[list[int]] = [[] for _ in range(batch)]
-    n_finished = torch.zeros(batch, dtype=torch.long, device=src.device)  # (B,)
+    finished = _Finished(batch, src.device)
     first_row = torch.arange(batch, device=src.device)[:, None] * k  # (B, 1)
     cache = None
 
@@ -105,30 +99,41 @@ def beam_search(
         ends = top_token == eos_id  # (B, 2K)
 
         # Extensions that end, ranked among the first K, become finished hypotheses.
-        finishing = ends[:, :k] & (n_finished < k)[:, None] & top_scores[:, :k].isfinite()
+        finishing = ends[:, :k] & (finished.count < k)[:, None] & top_scores[:, :k].isfinite()
         normalised = top_scores[:, :k] / length_penalty_factor(step + 1, length_penalty)
-        normalised = normalised.masked_fill(~finishing, float("-inf"))  # (B, K)
-        step_best, step_pick = normalised.max(dim=-1)  # (B,), (B,)
-        for b in (step_best > best_score).nonzero().flatten().tolist():
-            row = first_row[b, 0] + top_beam[b, step_pick[b]]
-            best[b] = tokens[row, 1:].tolist()
-            best_score[b] = step_best[b]
-        n_finished += finishing.sum(dim=-1)
-        if (n_finished >= k).all():
+        finished.offer(normalised, first_row + top_beam[:, :k], tokens, finishing)
+        if (finished.count >= k).all():
             break
 
         # The best K extensions that do not end carry on (at most K of the 2K end).
-        carry_scores = top_scores.masked_fill(ends, float("-inf"))  # (B, 2K)
-        scores, pick = carry_scores.topk(k, dim=-1)  # (B, K), (B, K)
+        scores, pick = top_scores.masked_fill(ends, float("-inf")).topk(k, dim=-1)  # (B, K)
         rows = (first_row + top_beam.gather(1, pick)).view(-1)  # (B*K,)
-        next_token = top_token.gather(1, pick).view(-1, 1)  # (B*K, 1)
-        tokens = torch.cat([tokens[rows], next_token], dim=1)  # (B*K, t + 1)
+        tokens = torch.cat([tokens[rows], top_token.gather(1, pick).view(-1, 1)], dim=1)
         cache = [inputs[rows] for inputs in cache]  # each (B*K, t, E), following its beam
     else:
         # Out of steps: the unfinished prefixes of sentences that are not done compete too.
         normalised = scores / length_penalty_factor(max_len, length_penalty)  # (B, K)
-        normalised = normalised.masked_fill((n_finished >= k)[:, None], float("-inf"))
-        step_best, step_pick = normalised.max(dim=-1)  # (B,), (B,)
-        for b in (step_best > best_score).nonzero().flatten().tolist():
-            best[b] = tokens[first_row[b, 0] + step_pick[b], 1:].tolist()
-    return best
+        beams = first_row + torch.arange(k, device=src.device)  # (B, K)
+        finished.offer(normalised, beams, tokens, (finished.count < k)[:, None].expand(-1, k))
+    return finished.tokens
+
+
+class _Finished:
+    """Per sentence of a beam search: its best finished hypothesis so far (by score over the
+    length penalty) and how many hypotheses have finished."""
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        self.score = torch.full((batch,), float("-inf"), device=device)  # (B,)
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+
+    def offer(self, normalised: Tensor, rows: Tensor, tokens: Tensor, finishing: Tensor) -> None:
+        """Count the hypotheses where ``finishing`` (B, N), and keep per sentence the best of
+        their ``normalised`` scores (B, N) where it beats the best so far: the hypothesis is
+        the prefix ``tokens[rows[b, n]]`` without its <bos>."""
+        self.count += finishing.sum(dim=-1)
+        normalised = normalised.masked_fill(~finishing, float("-inf"))
+        step_best, pick = normalised.max(dim=-1)  # (B,), (B,)
+        for b in (step_best > self.score).nonzero().flatten().tolist():
+            self.tokens[b] = tokens[rows[b, pick[b]], 1:].tolist()
+            self.score[b] = step_best[b]
