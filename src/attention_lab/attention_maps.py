@@ -58,12 +58,15 @@ def attention_rollout(layers: list[Tensor], residual: float = 0.5) -> Tensor:
     return rollout
 
 
-def _label_axes(ax, query_labels: list[str], key_labels: list[str]) -> None:
-    """Token labels on both axes, thinned to at most MAX_TICKS each."""
+def _label_axes(ax, query_labels: list[str] | None, key_labels: list[str] | None) -> None:
+    """Token labels on the axes given labels (None: no ticks), thinned to at most MAX_TICKS."""
     for labels, set_ticks, rotation in (
         (key_labels, ax.set_xticks, 90),
         (query_labels, ax.set_yticks, 0),
     ):
+        if labels is None:
+            set_ticks([])
+            continue
         step = max(1, -(-len(labels) // MAX_TICKS))
         positions = list(range(0, len(labels), step))
         set_ticks(positions, [labels[i] for i in positions], rotation=rotation, fontsize=6)
@@ -96,7 +99,10 @@ def plot_heads(
             continue
         image = ax.imshow(weights[head].numpy(), cmap="viridis", vmin=0.0, aspect="auto")
         ax.set_title(f"head {head}", fontsize=8)
-        _label_axes(ax, query_labels, key_labels)
+        # Tokens on the outer panels only (queries left, keys below): laying out every panel's
+        # tick labels was most of the time a run spent on its maps.
+        outer_left, lowest = head % cols == 0, head + cols >= n_heads
+        _label_axes(ax, query_labels if outer_left else None, key_labels if lowest else None)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     axes[0, 0].set_ylabel("query")
     axes[-1, 0].set_xlabel("key")
