@@ -132,8 +132,10 @@ class Attempt:
         if self.makes_run:
             (self.run_dir / RUN_CONFIG_DIR).mkdir(parents=True, exist_ok=True)
             for name in CONFIG_FILES:
-                if (self.record / name).is_file():
-                    shutil.copy2(self.record / name, self.run_dir / RUN_CONFIG_DIR / name)
+                if (self.record / name).is_file():  # whole or absent, as every record
+                    write_atomic(
+                        self.run_dir / RUN_CONFIG_DIR / name, (self.record / name).read_text()
+                    )
         self._log_to_run()
 
     def _log_to_run(self) -> None:
