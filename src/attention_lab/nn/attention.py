@@ -142,6 +142,29 @@ def _append_allowed_keys(mask: Tensor | None, count: int) -> Tensor | None:
     return torch.cat([mask, extra], dim=-1)  # (..., S + count)
 
 
+def _check_settings(
+    embed_dim: int, num_heads: int, kernel: str, block_q: int | None, block_k: int | None
+) -> None:
+    """``ValueError`` for sizes, a kernel or block sizes that ``MultiHeadAttention`` cannot take."""
+    if embed_dim <= 0 or num_heads <= 0:
+        raise ValueError(f"embed_dim={embed_dim} and num_heads={num_heads} must be positive")
+    if embed_dim % num_heads != 0:
+        raise ValueError(
+            f"d_model={embed_dim} is not divisible by n_heads={num_heads}: "
+            f"each head gets d_model / n_heads features"
+        )
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is not known; choose one of {', '.join(KERNELS)}")
+    if kernel == "triton":
+        from attention_lab.nn import triton_flash
+
+        if problem := triton_flash.available():
+            raise ValueError(problem)
+        triton_flash.check_triton_blocks(block_q, block_k)
+    else:
+        check_blocks(block_q, block_k)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention by hand, a drop-in for ``nn.MultiheadAttention``.
 
@@ -202,23 +225,7 @@ class MultiHeadAttention(nn.Module):
         block_k: int | None = None,
     ) -> None:
         super().__init__()
-        if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(f"embed_dim={embed_dim} and num_heads={num_heads} must be positive")
-        if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"d_model={embed_dim} is not divisible by n_heads={num_heads}: "
-                f"each head gets d_model / n_heads features"
-            )
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel={kernel!r} is not known; choose one of {', '.join(KERNELS)}")
-        if kernel == "triton":
-            from attention_lab.nn import triton_flash
-
-            if problem := triton_flash.available():
-                raise ValueError(problem)
-            triton_flash.check_triton_blocks(block_q, block_k)
-        else:
-            check_blocks(block_q, block_k)
+        _check_settings(embed_dim, num_heads, kernel, block_q, block_k)
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
