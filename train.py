@@ -14,9 +14,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from attention_lab.errors import AttentionLabError, DiskFullError, TrainingInterrupted
-from attention_lab.run.attempts import Attempt
+from attention_lab.errors import (
+    AttentionLabError,
+    DiskFullError,
+    RunInUseError,
+    TrainingInterrupted,
+)
+from attention_lab.run.attempts import Attempt, record_refusal
 from attention_lab.run.checkpoints import resume_command
+from attention_lab.run.lock import run_lock
 from attention_lab.run.records import FAILURE_FILE, record_failure
 from attention_lab.run.training import train
 
@@ -24,25 +30,33 @@ log = logging.getLogger("train")
 
 
 def disk_full(error: BaseException, run_dir: Path, resume: str) -> DiskFullError | None:
-    """``error`` as one line naming the run directory, the space left and the resume command,
-    when a full disk (ENOSPC) caused it, however deep in the chain of causes; else None."""
+    """``error`` as one line naming the run directory, the space left and what to do, when a
+    full disk or quota (ENOSPC, EDQUOT) caused it, however deep in its chain of causes; else
+    None."""
     causes: list[BaseException] = []
     cause: BaseException | None = error
     while cause is not None and cause not in causes:  # a chain of contexts can loop
         causes.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    cause = next((c for c in causes if isinstance(c, OSError) and c.errno == errno.ENOSPC), None)
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    full = (errno.ENOSPC, errno.EDQUOT)
+    cause = next((c for c in causes if isinstance(c, OSError) and c.errno in full), None)
     if cause is None:
         return None
+    filename = getattr(cause, "filename", None)
+    disk = Path(filename).parent if filename else run_dir
     try:
-        free = f"{shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free"
+        free = f"{shutil.disk_usage(disk).free / 2**20:.1f} MiB free"
     except OSError:
         free = "free space unknown"
-    where = f" writing {cause.filename}" if getattr(cause, "filename", None) else ""
-    return DiskFullError(
-        f"The disk of {run_dir} is full ({free}){where}; its newest checkpoint is whole. Free "
-        f"some space, then resume with: {resume}"
+    where = f" writing {filename}" if filename else ""
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    then = (
+        f"its checkpoints are whole ({', '.join(p.name for p in checkpoints)}); free some "
+        f"space, then resume with: {resume}"
+        if checkpoints
+        else "no checkpoint was saved yet; free some space and run the command again"
     )
+    return DiskFullError(f"The disk holding {disk} is full ({free}){where}; {then}")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -52,8 +66,23 @@ def main(cfg: DictConfig) -> float | None:
     A bad setting exits with status 2, an interruption with 130 (SIGINT) or 143 (SIGTERM) and a
     resume command. In a sweep (``-m``) a failing job is recorded in its directory
     (``failure.json``) and the sweep goes on; an interruption stops the sweep. Every command
-    leaves a record in ``.hydra/attempts/`` (see ``attention_lab.run.attempts``).
+    leaves a record in ``.hydra/attempts/`` (see ``attention_lab.run.attempts``). The run
+    directory's lock (``attention_lab.run.lock``) is held from before anything is written there
+    until the end: a second command aimed at it is refused, with one line naming this one.
     """
+    try:
+        with run_lock(Path(cfg.paths.output_dir), "hydra.run.dir"):
+            return _run(cfg)
+    except RunInUseError as err:
+        log.error("%s", err)
+        record_refusal(err, err.exit_code)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on
+            return float("nan") if cfg.get("optimized_metric") else None
+        sys.exit(err.exit_code)
+
+
+def _run(cfg: DictConfig) -> float | None:
+    """``main``'s work, with the run directory locked."""
     hydra_cfg = HydraConfig.get()
     attempt = Attempt.current()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN

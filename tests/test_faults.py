@@ -244,7 +244,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_the_resume_command_works(
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1, output[-3000:]
-    assert f"The disk of {run_dir} is full" in errors[0] and "MiB free" in errors[0]
+    assert f"The disk holding {run_dir}" in errors[0] and "MiB free" in errors[0]
     checkpoints = sorted((run_dir / "checkpoints").iterdir())
     for path in checkpoints:  # nothing torn, no temporary left
         assert path.suffix == ".ckpt" and read_checkpoint(path), path
@@ -269,7 +269,9 @@ def test_a_full_disk_ends_the_run_with_one_line_and_the_resume_command_works(
 
 def test_evaluate_into_a_run_still_training_is_refused_naming_the_process(held_run) -> None:
     folder, holder = held_run
-    ckpt = folder / "checkpoints" / "epoch000.ckpt"  # not read: refused before
+    ckpt = folder / "checkpoints" / "epoch000.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"not read: refused before")
     with pytest.raises(
         RunInUseError, match=rf"in use by process {holder.pid} .*choose another out"
     ):

@@ -24,10 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from attention_lab.bleu import SIGNATURES
-from attention_lab.errors import AttentionLabError, ConfigError, RunInUseError
+from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.run.checkpoints import check_fits, load_trained
 from attention_lab.run.config import validate
-from attention_lab.run.lock import in_use_message, lock_holder, run_lock
+from attention_lab.run.lock import run_lock
 from attention_lab.run.provenance import provenance
 from attention_lab.run.records import write_metrics
 from attention_lab.run.training import (
@@ -61,17 +61,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test ``ckpt`` with its run's config; returns (and writes) the metrics.
 
-    Its folder's lock is held while it runs (``run.lock``); the default folder lies in the run
-    directory, so a run that is still training (holding its lock) is not evaluated into."""
+    It holds the lock (``run.lock``) of the folder it writes into: of the run directory when
+    that folder lies inside it (the default), so a run still training is not written into."""
     ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
     run_dir = ckpt.resolve().parent.parent
     out_dir = Path(out) if out else run_dir / f"evaluate-{ckpt.stem}"
-    holder = lock_holder(run_dir) if out_dir.resolve().is_relative_to(run_dir) else None
-    if holder is not None:
-        raise RunInUseError(in_use_message(run_dir, holder, "out"))
-    checkpoint, cfg = load_trained(ckpt, config)
-    cfg = apply_overrides(cfg, overrides or [])
-    with run_lock(out_dir, "out"):
+    inside = out_dir.resolve().is_relative_to(run_dir)
+    with run_lock(run_dir if inside else out_dir, "out"):
+        checkpoint, cfg = load_trained(ckpt, config)
+        cfg = apply_overrides(cfg, overrides or [])
         return _evaluate(checkpoint, cfg, ckpt, out_dir)
 
 

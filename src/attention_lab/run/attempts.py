@@ -201,6 +201,28 @@ class Attempt:
             self._log_handler = None
 
 
+def record_refusal(error: BaseException, exit_code: int) -> None:
+    """This command's ``outcome.json`` when it was refused before it could claim anything (its
+    run directory was in use): its own record, nothing of the run's touched."""
+    found = _attempt_record()
+    if found is None:
+        return
+    now = datetime.now().isoformat(timespec="seconds")
+    record = {
+        "outcome": "refused",
+        "training_started": False,
+        "exit_code": exit_code,
+        "error": f"{type(error).__name__}: {error}".strip(),
+        "started": now,
+        "ended": now,
+    }
+    try:
+        found[1].mkdir(parents=True, exist_ok=True)
+        write_atomic(found[1] / OUTCOME_FILE, json.dumps(record, indent=2) + "\n")
+    except OSError as err:
+        log.warning("No %s in %s: %s", OUTCOME_FILE, found[1], err)
+
+
 def _run_started(run_dir: Path) -> bool:
     """Whether an earlier attempt started training here (or the folder predates the records)."""
     if not (run_dir / RUN_CONFIG_DIR / "config.yaml").is_file():

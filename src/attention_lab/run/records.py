@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import statistics
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A binary file to write ``path`` through: a temporary file beside it (same file system),
     flushed to the disk and renamed over ``path`` when the block ends without an error (atomic
     on a POSIX file system); removed, and ``path`` left as it was, when it raises."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    writer = f"{os.getpid()}-{threading.get_ident()}"
+    temporary = path.with_name(f".{path.name}.{writer}{TEMPORARY_SUFFIX}")
     try:
         with temporary.open("wb") as handle:
             yield handle
@@ -55,6 +57,16 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+    try:  # and the rename itself survives a power cut
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass  # a file system that cannot sync a folder: the rename stands as written
+    finally:
+        os.close(folder)
 
 
 def write_atomic(path: Path, text: str) -> None:
