@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from attention_lab.bleu import SIGNATURES
 from attention_lab.errors import AttentionLabError, ConfigError
-from attention_lab.run.checkpoints import check_fits, load_trained
+from attention_lab.run.checkpoints import check_fits, checkpoint_file, load_trained
 from attention_lab.run.config import validate
 from attention_lab.run.lock import run_lock
 from attention_lab.run.provenance import provenance
@@ -63,9 +63,7 @@ def evaluate(
 
     It holds the lock (``run.lock``) of the folder it writes into: of the run directory when
     that folder lies inside it (the default), so a run still training is not written into."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
+    ckpt = checkpoint_file(ckpt)  # before the lock: its run directory comes from it
     run_dir = ckpt.resolve().parent.parent
     out_dir = Path(out) if out else run_dir / f"evaluate-{ckpt.stem}"
     inside = out_dir.resolve().is_relative_to(run_dir)

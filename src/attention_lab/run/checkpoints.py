@@ -158,14 +158,20 @@ def run_config(ckpt: Path, config: str | Path | None = None) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def checkpoint_file(ckpt: str | Path) -> Path:
+    """The commands' ``ckpt`` as a file that exists, else a ``ConfigError`` naming it."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
+    return path
+
+
 def load_trained(
     ckpt: str | Path, config: str | Path | None = None
 ) -> tuple[dict[str, Any], DictConfig]:
     """A checkpoint to use (not resume), read safely, and the config of the run that wrote it:
     what ``translate`` and ``evaluate`` start from. Errors name the commands' ``ckpt`` key."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise ConfigError(f"ckpt={ckpt} is not a file; pass ckpt=PATH/TO/checkpoints/NAME.ckpt")
+    path = checkpoint_file(ckpt)
     checkpoint, cfg = read_checkpoint(path, setting="ckpt"), run_config(path, config)
     if PRETRAINED_ARCHITECTURE_KEY in checkpoint:  # built from it, not from model.pretrained
         cfg.model.architecture = checkpoint[PRETRAINED_ARCHITECTURE_KEY]
