@@ -7,7 +7,7 @@ import torch
 
 from attention_lab.models import EncoderClassifier
 from attention_lab.nn.attention import MultiHeadAttention
-from attention_lab.nn.blocks import EncoderBlock, keep_attention_weights
+from attention_lab.nn.blocks import EncoderBlock, EncoderSpec, keep_attention_weights
 
 SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 2, "d_ff": 32, "dropout": 0.0}
 
@@ -25,8 +25,9 @@ def test_every_attention_kind_computes_the_same_function(norm_first: bool, other
 
 def test_pre_norm_and_post_norm_differ() -> None:
     torch.manual_seed(0)
-    pre = EncoderBlock(d_model=8, n_heads=2, d_ff=16, norm_first=True).eval()
-    post = EncoderBlock(d_model=8, n_heads=2, d_ff=16, norm_first=False).eval()
+    pre = EncoderBlock(EncoderSpec(n_layers=1, d_model=8, n_heads=2, d_ff=16)).eval()
+    post = EncoderBlock(EncoderSpec(n_layers=1, d_model=8, n_heads=2, d_ff=16, norm_first=False))
+    post = post.eval()
     post.load_state_dict(pre.state_dict())
     x = torch.randn(2, 5, 8)
     assert not torch.allclose(pre(x), post(x))

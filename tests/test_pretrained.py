@@ -18,7 +18,7 @@ from attention_lab.attention_maps import AttentionMap, plot_heads
 from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.errors import ConfigError, WeightsMismatchError
 from attention_lab.models import Bert, VisionTransformer
-from attention_lab.nn import ATTENTION_KINDS, Encoder, keep_attention_weights
+from attention_lab.nn import ATTENTION_KINDS, Encoder, EncoderSpec, keep_attention_weights
 from attention_lab.optim import decay_groups
 from attention_lab.pretrained import (
     bert_from_pretrained,
@@ -373,7 +373,7 @@ def test_vit_name_offline_and_bad_names_are_clear(monkeypatch, tmp_path: Path) -
 
 def test_defaults_unchanged() -> None:
     """The options for pretrained models leave today's models as they were."""
-    encoder = Encoder(n_layers=1, d_model=8, n_heads=2, d_ff=16)
+    encoder = Encoder(EncoderSpec(n_layers=1, d_model=8, n_heads=2, d_ff=16))
     assert encoder.final_norm.eps == encoder.blocks[0].norm1.eps == 1e-5
     assert VisionTransformer().encoder.final_norm.eps == 1e-5
     assert isinstance(

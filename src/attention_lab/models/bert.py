@@ -14,14 +14,27 @@ its activation, where BERT has none (no effect in eval mode, nor with dropout 0)
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from attention_lab.models.text import WORD_POOLINGS, check_choice, word_pooling_matrix
-from attention_lab.nn.blocks import Encoder
+from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
+
+# BERT-base: 12 post-norm layers of 768 ("BERT_BASE (L=12, H=768, A=12)"), GELU, eps 1e-12.
+BERT_ENCODER = EncoderSpec(
+    n_layers=12,
+    d_model=768,
+    n_heads=12,
+    d_ff=3072,
+    dropout=0.1,
+    activation="gelu",
+    norm_first=False,
+    layer_norm_eps=1e-12,
+)
 
 
 class BertOutput(NamedTuple):
@@ -32,7 +45,11 @@ class BertOutput(NamedTuple):
 
 
 class Bert(nn.Module):
-    """Token + position + token-type embeddings -> LayerNorm -> post-norm encoder [-> pooler]."""
+    """Token + position + token-type embeddings -> LayerNorm -> post-norm encoder [-> pooler].
+
+    ``encoder``: ``EncoderSpec`` fields over ``BERT_ENCODER`` (BERT-base); always post-norm, as
+    the original transformer.
+    """
 
     def __init__(
         self,
@@ -40,52 +57,29 @@ class Bert(nn.Module):
         vocab_size: int = 30522,
         max_len: int = 512,
         type_vocab_size: int = 2,
-        d_model: int = 768,
-        n_heads: int = 12,
-        n_layers: int = 12,
-        d_ff: int = 3072,
-        dropout: float = 0.1,
-        activation: str = "gelu",
-        layer_norm_eps: float = 1e-12,
         pad_id: int = 0,
         pooler: bool = True,
-        attention: str = "scratch",
+        **encoder: Any,
     ) -> None:
         super().__init__()
+        spec = BERT_ENCODER.updated(encoder, model="Bert", fixed=("norm_first",))
         for name, value in {"vocab_size": vocab_size, "type_vocab_size": type_vocab_size}.items():
             if value <= 0:
                 raise ValueError(f"{name}={value} must be positive")
         self.pad_id = pad_id
-        # What a run's checkpoint keeps to rebuild this model without the pretrained files.
-        self.settings = {
-            "vocab_size": vocab_size,
-            "max_len": max_len,
-            "type_vocab_size": type_vocab_size,
-            "d_model": d_model,
-            "n_heads": n_heads,
-            "n_layers": n_layers,
-            "d_ff": d_ff,
-            "dropout": dropout,
-            "activation": activation,
-            "layer_norm_eps": layer_norm_eps,
-            "pad_id": pad_id,
-        }
+        # What a run's checkpoint keeps to rebuild this model without the pretrained files (the
+        # attention kind is the run's setting, not the architecture's).
+        body = {"vocab_size": vocab_size, "max_len": max_len, "type_vocab_size": type_vocab_size}
+        stack = dataclasses.asdict(spec)
+        del stack["norm_first"], stack["attention"]
+        self.settings = {**body, **stack, "pad_id": pad_id}
+        d_model = spec.d_model
         self.token_embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.positional = build_positional("learned", d_model=d_model, max_len=max_len)
         self.token_type_embedding = nn.Embedding(type_vocab_size, d_model)
-        self.embedding_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
-        self.encoder = Encoder(
-            n_layers=n_layers,
-            d_model=d_model,
-            n_heads=n_heads,
-            d_ff=d_ff,
-            dropout=dropout,
-            activation=activation,
-            norm_first=False,  # BERT is post-norm, as the original transformer
-            attention=attention,
-            layer_norm_eps=layer_norm_eps,
-        )
+        self.embedding_norm = nn.LayerNorm(d_model, eps=spec.layer_norm_eps)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.encoder = Encoder(spec)
         self.pooler = nn.Linear(d_model, d_model) if pooler else None
 
     @property

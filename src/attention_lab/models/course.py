@@ -37,7 +37,7 @@ from torch.nn.utils import parametrize
 
 from attention_lab.errors import ConfigError
 from attention_lab.nn.attention import build_attention, scaled_dot_product_attention
-from attention_lab.nn.blocks import Encoder, FeedForward
+from attention_lab.nn.blocks import Encoder, EncoderSpec, FeedForward
 from attention_lab.nn.positional import sinusoidal_encoding
 
 
@@ -87,7 +87,7 @@ class CourseEncoderClassifier(nn.Module):
         # The notebook builds the blocks, then the head; the embedding (clean variant) has no
         # place in its order, so it comes first and the faithful model draws nothing for it.
         self.to_embedding = None if crop_to_d_model else nn.Linear(self.n_pixels, d_model)
-        self.encoder = Encoder(
+        spec = EncoderSpec(
             n_layers=n_layers,
             d_model=d_model,
             n_heads=n_heads,
@@ -97,6 +97,7 @@ class CourseEncoderClassifier(nn.Module):
             norm_first=False,  # "src = src + self.dropout1(src2); src = self.norm1(src)"
             attention=attention,
         )
+        self.encoder = Encoder(spec)
         self.head = nn.Linear(d_model, num_classes)
 
     def train(self, mode: bool = True) -> CourseEncoderClassifier:

@@ -11,15 +11,20 @@ image cropped to its first 512 pixels, with no embedding (``models/course.py``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from attention_lab.nn.blocks import Encoder
+from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
 
 TOKENIZATIONS = ("rows", "patches", "flat")
 POOLINGS = ("mean", "cls")
+ENCODER_CLASSIFIER_ENCODER = EncoderSpec(
+    n_layers=2, d_model=64, n_heads=4, d_ff=256, dropout=0.1, activation="gelu", norm_first=True
+)
 
 
 def image_to_tokens(images: Tensor, tokens: str, patch_size: int) -> Tensor:
@@ -45,7 +50,11 @@ def token_grid(image_size: int, tokens: str, patch_size: int) -> tuple[int, int]
 
 
 class EncoderClassifier(nn.Module):
-    """Tokens -> linear embedding + positions -> N encoder blocks -> pooling -> linear head."""
+    """Tokens -> linear embedding + positions -> N encoder blocks -> pooling -> linear head.
+
+    ``encoder``: ``EncoderSpec`` fields over ``ENCODER_CLASSIFIER_ENCODER``; its ``dropout``
+    also drops out the embedded tokens.
+    """
 
     def __init__(
         self,
@@ -55,25 +64,16 @@ class EncoderClassifier(nn.Module):
         num_classes: int = 10,
         tokens: str = "rows",
         patch_size: int = 4,
-        d_model: int = 64,
-        n_heads: int = 4,
-        n_layers: int = 2,
-        d_ff: int = 256,
-        dropout: float = 0.1,
-        activation: str = "gelu",
-        norm_first: bool = True,
         positional: str = "sinusoidal",
         pooling: str = "mean",
-        attention: str = "scratch",
+        **encoder: Any,
     ) -> None:
         super().__init__()
+        spec = ENCODER_CLASSIFIER_ENCODER.updated(encoder, model="EncoderClassifier")
         for name, value in {
             "image_size": image_size,
             "in_channels": in_channels,
             "num_classes": num_classes,
-            "d_model": d_model,
-            "n_heads": n_heads,
-            "d_ff": d_ff,
         }.items():
             if value <= 0:
                 raise ValueError(f"{name}={value} must be positive")
@@ -96,23 +96,14 @@ class EncoderClassifier(nn.Module):
         self.patch_size = patch_size
         self.pooling = pooling
         n_tokens, token_dim = token_grid(image_size, tokens, patch_size)
-        self.to_embedding = nn.Linear(token_dim * in_channels, d_model)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if pooling == "cls" else None
+        self.to_embedding = nn.Linear(token_dim * in_channels, spec.d_model)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, spec.d_model)) if pooling == "cls" else None
         self.positional = build_positional(
-            positional, d_model=d_model, max_len=n_tokens + (pooling == "cls")
+            positional, d_model=spec.d_model, max_len=n_tokens + (pooling == "cls")
         )
-        self.dropout = nn.Dropout(dropout)
-        self.encoder = Encoder(
-            n_layers=n_layers,
-            d_model=d_model,
-            n_heads=n_heads,
-            d_ff=d_ff,
-            dropout=dropout,
-            activation=activation,
-            norm_first=norm_first,
-            attention=attention,
-        )
-        self.head = nn.Linear(d_model, num_classes)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.encoder = Encoder(spec)
+        self.head = nn.Linear(spec.d_model, num_classes)
 
     @property
     def patch_grid(self) -> tuple[int, int] | None:

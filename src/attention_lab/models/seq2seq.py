@@ -12,13 +12,19 @@ the vocabulary. Masks follow the project convention (see ``nn/attention.py``): t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from attention_lab.nn.attention import causal_mask
-from attention_lab.nn.blocks import DecoderBlock, Encoder
+from attention_lab.nn.blocks import DecoderBlock, Encoder, EncoderSpec, final_norm
 from attention_lab.nn.positional import build_positional
+
+# The settings of both stacks (n_layers each); the base model of the paper is 6 layers of 512.
+SEQ2SEQ_ENCODER = EncoderSpec(
+    n_layers=3, d_model=256, n_heads=8, d_ff=512, dropout=0.1, activation="relu", norm_first=True
+)
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -28,6 +34,9 @@ class Seq2SeqTransformer(nn.Module):
     ``tie_embeddings`` shares the target embedding matrix with the output projection
     ("we share the same weight matrix between the two embedding layers and the pre-softmax
     linear transformation", section 3.4).
+
+    ``stacks``: ``EncoderSpec`` fields over ``SEQ2SEQ_ENCODER``, for the encoder and the decoder
+    alike; its ``dropout`` also drops out the embedded tokens.
     """
 
     def __init__(
@@ -35,32 +44,22 @@ class Seq2SeqTransformer(nn.Module):
         *,
         src_vocab_size: int,
         tgt_vocab_size: int,
-        d_model: int = 256,
-        n_heads: int = 8,
-        n_layers: int = 3,
-        d_ff: int = 512,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = True,
         positional: str = "sinusoidal",
         max_len: int = 256,
         tie_embeddings: bool = True,
         pad_id: int = 0,
-        attention: str = "scratch",
+        **stacks: Any,
     ) -> None:
         super().__init__()
+        spec = SEQ2SEQ_ENCODER.updated(stacks, model="Seq2SeqTransformer")
         for name, value in {
             "src_vocab_size": src_vocab_size,
             "tgt_vocab_size": tgt_vocab_size,
-            "d_model": d_model,
-            "n_heads": n_heads,
-            "n_layers": n_layers,
-            "d_ff": d_ff,
             "max_len": max_len,
         }.items():
             if value is None or value <= 0:
                 raise ValueError(f"{name}={value} must be a positive integer")
-        self.d_model = d_model
+        self.d_model = d_model = spec.d_model
         self.max_len = max_len
         self.pad_id = pad_id
         # "In the embedding layers, we multiply those weights by sqrt(d_model)" (3.4): with the
@@ -70,21 +69,12 @@ class Seq2SeqTransformer(nn.Module):
         self.tgt_embedding = nn.Embedding(tgt_vocab_size, d_model)
         self.src_positional = build_positional(positional, d_model=d_model, max_len=max_len)
         self.tgt_positional = build_positional(positional, d_model=d_model, max_len=max_len)
-        self.dropout = nn.Dropout(dropout)
-        block_args = {
-            "d_model": d_model,
-            "n_heads": n_heads,
-            "d_ff": d_ff,
-            "dropout": dropout,
-            "activation": activation,
-            "norm_first": norm_first,
-            "attention": attention,
-        }
-        self.encoder = Encoder(n_layers=n_layers, **block_args)
-        self.decoder = nn.ModuleList(DecoderBlock(**block_args) for _ in range(n_layers))
+        self.dropout = nn.Dropout(spec.dropout)
+        self.encoder = Encoder(spec)
+        self.decoder = nn.ModuleList(DecoderBlock(spec) for _ in range(spec.n_layers))
         # Pre-norm leaves the residual stream unnormalised, so the decoder stack needs one norm
         # at the end too (the Encoder has its own).
-        self.decoder_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.decoder_norm = final_norm(spec)
         self.to_logits = nn.Linear(d_model, tgt_vocab_size, bias=False)
 
         for embedding in (self.src_embedding, self.tgt_embedding):

@@ -16,60 +16,48 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attention_lab.nn.blocks import Encoder
+from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
 
 WORD_POOLINGS = ("first", "mean")
 SENTENCE_POOLINGS = ("cls", "mean")
+TEXT_ENCODER = EncoderSpec(
+    n_layers=4, d_model=128, n_heads=4, d_ff=512, dropout=0.1, activation="gelu", norm_first=True
+)
 
 
 class TextEncoder(nn.Module):
-    """Token ids -> embeddings + positions -> N encoder blocks -> (B, T, E)."""
+    """Token ids -> embeddings + positions -> N encoder blocks -> (B, T, E).
+
+    ``encoder``: ``EncoderSpec`` fields over ``TEXT_ENCODER``; its ``dropout`` also drops out
+    the embedded tokens.
+    """
 
     def __init__(
         self,
         *,
         vocab_size: int,
         max_len: int,
-        d_model: int = 128,
-        n_heads: int = 4,
-        n_layers: int = 4,
-        d_ff: int = 512,
-        dropout: float = 0.1,
-        activation: str = "gelu",
-        norm_first: bool = True,
         positional: str = "sinusoidal",
-        attention: str = "scratch",
         pad_id: int = 0,
+        **encoder: Any,
     ) -> None:
         super().__init__()
-        for name, value in {
-            "vocab_size": vocab_size,
-            "max_len": max_len,
-            "d_model": d_model,
-        }.items():
+        spec = TEXT_ENCODER.updated(encoder, model="TextEncoder")
+        for name, value in {"vocab_size": vocab_size, "max_len": max_len}.items():
             if value is None or value <= 0:
                 raise ValueError(f"{name}={value} must be positive")
         self.pad_id = pad_id
         self.max_len = max_len
-        self.d_model = d_model
+        self.d_model = d_model = spec.d_model
         # With N(0, 1/d_model) weights, scaling by sqrt(d_model) makes embeddings unit-scale,
         # like the positions they are added to (as in Seq2SeqTransformer).
         self.embed_scale = math.sqrt(d_model)
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
         self.positional = build_positional(positional, d_model=d_model, max_len=max_len)
-        self.dropout = nn.Dropout(dropout)
-        self.encoder = Encoder(
-            n_layers=n_layers,
-            d_model=d_model,
-            n_heads=n_heads,
-            d_ff=d_ff,
-            dropout=dropout,
-            activation=activation,
-            norm_first=norm_first,
-            attention=attention,
-        )
+        self.dropout = nn.Dropout(spec.dropout)
+        self.encoder = Encoder(spec)
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, T) -> (B, T, E); padding positions are never attended to."""

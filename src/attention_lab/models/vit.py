@@ -8,14 +8,20 @@ to perform classification, we use the standard approach of adding an extra learn
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
-from attention_lab.nn.blocks import DEFAULT_LAYER_NORM_EPS, Encoder
+from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
 
 VIT_POOLINGS = ("cls", "mean")
+# The encoder's defaults; ViT is pre-norm ("Layernorm (LN) is applied before every block").
+VIT_ENCODER = EncoderSpec(
+    n_layers=6, d_model=64, n_heads=4, d_ff=128, dropout=0.1, activation="gelu", norm_first=True
+)
 
 
 class VisionTransformer(nn.Module):
@@ -24,6 +30,9 @@ class VisionTransformer(nn.Module):
     The patch embedding is a linear map of each flattened patch, which is what a convolution
     with kernel and stride ``patch_size`` computes; ``attention_lab.pretrained`` maps
     torchvision's ``conv_proj`` onto it. torchvision's ViTs use ``layer_norm_eps=1e-6``.
+
+    ``encoder``: ``EncoderSpec`` fields over ``VIT_ENCODER`` (n_layers, d_model, n_heads, d_ff,
+    dropout, activation, attention, layer_norm_eps); always pre-norm.
     """
 
     def __init__(
@@ -33,20 +42,14 @@ class VisionTransformer(nn.Module):
         in_channels: int = 1,
         num_classes: int = 10,
         patch_size: int = 4,
-        d_model: int = 64,
-        n_heads: int = 4,
-        n_layers: int = 6,
-        d_ff: int = 128,
-        dropout: float = 0.1,
         emb_dropout: float = 0.0,
-        activation: str = "gelu",
         positional: str = "learned",
         class_token: bool = True,
         pooling: str = "cls",
-        attention: str = "scratch",
-        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
+        **encoder: Any,
     ) -> None:
         super().__init__()
+        spec = VIT_ENCODER.updated(encoder, model="VisionTransformer", fixed=("norm_first",))
         if patch_size <= 0 or image_size % patch_size != 0:
             raise ValueError(
                 f"patch_size={patch_size} does not divide image_size={image_size}; pick a "
@@ -72,27 +75,18 @@ class VisionTransformer(nn.Module):
 
         self.to_patch_embedding = nn.Sequential(
             Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size),
-            nn.Linear(patch_dim, d_model),
+            nn.Linear(patch_dim, spec.d_model),
         )
         # The class token is one more token that every patch can write to; its final state is
         # what the head reads. Small random init as in the reference implementation.
-        self.cls_token = nn.Parameter(torch.randn(1, 1, d_model) * 0.02) if class_token else None
+        token = torch.randn(1, 1, spec.d_model) * 0.02
+        self.cls_token = nn.Parameter(token) if class_token else None
         self.positional = build_positional(
-            positional, d_model=d_model, max_len=grid * grid + class_token
+            positional, d_model=spec.d_model, max_len=grid * grid + class_token
         )
         self.dropout = nn.Dropout(emb_dropout)
-        self.encoder = Encoder(
-            n_layers=n_layers,
-            d_model=d_model,
-            n_heads=n_heads,
-            d_ff=d_ff,
-            dropout=dropout,
-            activation=activation,
-            norm_first=True,  # ViT is pre-norm
-            attention=attention,
-            layer_norm_eps=layer_norm_eps,
-        )
-        self.mlp_head = nn.Linear(d_model, num_classes)
+        self.encoder = Encoder(spec)
+        self.mlp_head = nn.Linear(spec.d_model, num_classes)
 
     @property
     def patch_grid(self) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from attention_lab.nn.blocks import (
     DecoderBlock,
     Encoder,
     EncoderBlock,
+    EncoderSpec,
     FeedForward,
     keep_attention_weights,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "DecoderBlock",
     "Encoder",
     "EncoderBlock",
+    "EncoderSpec",
     "FeedForward",
     "MultiHeadAttention",
     "build_attention",

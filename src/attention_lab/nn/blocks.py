@@ -6,14 +6,22 @@ around each of the two sub-layers, followed by layer normalization." (Vaswani et
 
 That is post-norm (``norm_first=False``). Pre-norm (``norm_first=True``) normalises the input of
 each sub-layer instead and leaves the residual stream untouched; it trains more stably without
-a careful warm-up and is what ViT uses. The choice is a constructor argument, never implicit.
+a careful warm-up and is what ViT uses. The choice is a setting, never implicit.
+
+Every block and stack is built from one ``EncoderSpec``: the settings that every model on these
+blocks shares (depth, width, heads, feed-forward width, dropout, activation, norm placement,
+attention kind). A model keeps its own defaults as a spec and lays its configuration's keyword
+arguments over them (``EncoderSpec.updated``), so no model repeats the eight arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -22,6 +30,46 @@ from attention_lab.nn.attention import build_attention
 # "gelu" is the exact (erf) GELU of BERT and ViT; "gelu_tanh" its tanh approximation (GPT-2).
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh")}
 DEFAULT_LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's; pretrained models bring their own (BERT 1e-12)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The settings of one encoder (or decoder) stack, as nanoGPT's ``GPTConfig``.
+
+    ``attention`` is the ``model.attention`` kind, handed to ``build_attention`` by each block;
+    ``dropout`` serves the attention weights, the sub-layer outputs and the feed-forward net.
+    """
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_ff: int
+    dropout: float = 0.0
+    activation: str = "relu"
+    norm_first: bool = True
+    attention: str = "scratch"
+    layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_ff"):
+            value = getattr(self, name)
+            if value is None or value <= 0:
+                raise ValueError(f"{name}={value} must be positive")
+
+    def updated(
+        self, settings: Mapping[str, Any], *, model: str, fixed: tuple[str, ...] = ()
+    ) -> EncoderSpec:
+        """This spec (a model's defaults) with ``settings``, the model's keyword arguments, laid
+        over it. ``fixed`` fields are the model's own (ViT is pre-norm, BERT post-norm): setting
+        one, or anything that is not a field, is a ``TypeError`` naming ``model``."""
+        fields = {field.name for field in dataclasses.fields(self)} - set(fixed)
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise TypeError(
+                f"{model} got unexpected settings {', '.join(unknown)}; its encoder settings "
+                f"are {', '.join(sorted(fields))}"
+            )
+        return dataclasses.replace(self, **settings)
 
 
 class FeedForward(nn.Module):
@@ -57,27 +105,13 @@ class EncoderBlock(nn.Module):
 
     attention_weight_names = ("attention_weights",)
 
-    def __init__(
-        self,
-        *,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float = 0.0,
-        activation: str = "relu",
-        norm_first: bool = True,
-        attention: str = "scratch",
-        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
-    ) -> None:
+    def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
-        self.self_attn = build_attention(
-            attention, d_model=d_model, n_heads=n_heads, dropout=dropout
-        )
-        self.ff = FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
-        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
-        self.norm_first = norm_first
+        self.self_attn = _attention(spec)
+        self.ff = _feed_forward(spec)
+        self.norm1, self.norm2 = _norms(spec, 2)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.norm_first = spec.norm_first
         self.keep_attention = False
         self.attention_weights: Tensor | None = None
 
@@ -106,36 +140,10 @@ class EncoderBlock(nn.Module):
 class Encoder(nn.Module):
     """N encoder blocks, and the final norm that pre-norm needs (its residual stream is raw)."""
 
-    def __init__(
-        self,
-        *,
-        n_layers: int,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float = 0.0,
-        activation: str = "relu",
-        norm_first: bool = True,
-        attention: str = "scratch",
-        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
-    ) -> None:
+    def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
-        if n_layers <= 0:
-            raise ValueError(f"n_layers={n_layers} must be positive")
-        self.blocks = nn.ModuleList(
-            EncoderBlock(
-                d_model=d_model,
-                n_heads=n_heads,
-                d_ff=d_ff,
-                dropout=dropout,
-                activation=activation,
-                norm_first=norm_first,
-                attention=attention,
-                layer_norm_eps=layer_norm_eps,
-            )
-            for _ in range(n_layers)
-        )
-        self.final_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if norm_first else nn.Identity()
+        self.blocks = nn.ModuleList(EncoderBlock(spec) for _ in range(spec.n_layers))
+        self.final_norm = final_norm(spec)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding."""
@@ -160,31 +168,14 @@ class DecoderBlock(nn.Module):
 
     attention_weight_names = ("self_attention_weights", "cross_attention_weights")
 
-    def __init__(
-        self,
-        *,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float = 0.0,
-        activation: str = "relu",
-        norm_first: bool = True,
-        attention: str = "scratch",
-        layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS,
-    ) -> None:
+    def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
-        self.self_attn = build_attention(
-            attention, d_model=d_model, n_heads=n_heads, dropout=dropout
-        )
-        self.cross_attn = build_attention(
-            attention, d_model=d_model, n_heads=n_heads, dropout=dropout
-        )
-        self.ff = FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
-        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
-        self.norm_first = norm_first
+        self.self_attn = _attention(spec)
+        self.cross_attn = _attention(spec)
+        self.ff = _feed_forward(spec)
+        self.norm1, self.norm2, self.norm3 = _norms(spec, 3)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.norm_first = spec.norm_first
         self.keep_attention = False
         self.self_attention_weights: Tensor | None = None
         self.cross_attention_weights: Tensor | None = None
@@ -261,6 +252,27 @@ class DecoderBlock(nn.Module):
         if self.keep_attention:
             self.cross_attention_weights = weights.detach()
         return self.dropout(out)
+
+
+def final_norm(spec: EncoderSpec) -> nn.Module:
+    """The norm at the end of a pre-norm stack (its residual stream is raw); post-norm has none."""
+    return nn.LayerNorm(spec.d_model, eps=spec.layer_norm_eps) if spec.norm_first else nn.Identity()
+
+
+def _attention(spec: EncoderSpec) -> nn.Module:
+    return build_attention(
+        spec.attention, d_model=spec.d_model, n_heads=spec.n_heads, dropout=spec.dropout
+    )
+
+
+def _feed_forward(spec: EncoderSpec) -> FeedForward:
+    return FeedForward(
+        d_model=spec.d_model, d_ff=spec.d_ff, dropout=spec.dropout, activation=spec.activation
+    )
+
+
+def _norms(spec: EncoderSpec, count: int) -> tuple[nn.LayerNorm, ...]:
+    return tuple(nn.LayerNorm(spec.d_model, eps=spec.layer_norm_eps) for _ in range(count))
 
 
 @contextmanager
