@@ -12,7 +12,8 @@ import torch
 
 import attention_lab.data.multi30k as multi30k
 from attention_lab.bleu import SIGNATURES, CorpusBLEU
-from attention_lab.data.multi30k import BucketBatchSampler, Multi30kDataModule
+from attention_lab.data.batching import BucketBatchSampler
+from attention_lab.data.multi30k import Multi30kDataModule
 from attention_lab.data.tokenizer import (
     BOS_ID,
     EOS_ID,

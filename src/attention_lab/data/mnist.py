@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets import MNIST
 
 from attention_lab.data.augment import random_affine
+from attention_lab.data.batching import check_batch_sizes
 from attention_lab.errors import ConfigError, DataNotFoundError
 
 MNIST_MEAN = 0.1307
@@ -79,11 +80,7 @@ class MNISTDataModule(L.LightningDataModule):
         augment: dict | None = None,
     ) -> None:
         super().__init__()
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
-                f"must be positive"
-            )
+        check_batch_sizes(batch_size, eval_batch_size)
         if val_size < 0:
             raise ConfigError(
                 f"data.val_size={val_size} must be 0 (no validation split) or positive"

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import gzip
 import logging
-import random
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
+from attention_lab.data.batching import SplitsDataModule
 from attention_lab.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -157,45 +156,7 @@ def collate_pairs(items: list[tuple[Tensor, Tensor, str, str]]) -> TranslationBa
     )
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of sentences of similar length, so little of a batch is padding.
-
-    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort each
-    pool by length, cut it into batches and shuffle the batches. Seeded by ``seed`` and the
-    epoch (Lightning calls ``set_epoch``), so runs repeat.
-    """
-
-    def __init__(
-        self, lengths: Sequence[int], *, batch_size: int, seed: int = 0, pool_batches: int = 50
-    ) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.pool_size = batch_size * pool_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle differently for each epoch."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        batches = []
-        for start in range(0, len(order), self.pool_size):
-            pool = sorted(order[start : start + self.pool_size], key=self.lengths.__getitem__)
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        rng.shuffle(batches)
-        return iter(batches)
-
-    def __len__(self) -> int:
-        full_pools, rest = divmod(len(self.lengths), self.pool_size)
-        per_pool = -(-self.pool_size // self.batch_size)
-        return full_pools * per_pool + -(-rest // self.batch_size)
-
-
-class Multi30kDataModule(L.LightningDataModule):
+class Multi30kDataModule(SplitsDataModule):
     """Multi30k task 1, ``src_lang`` -> ``tgt_lang``, as subword ids; see the module docstring.
 
     After ``prepare_data`` the tokenizers are known: ``src_tokenizer``, ``tgt_tokenizer`` (one
@@ -219,7 +180,12 @@ class Multi30kDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
         check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
         for name, lang in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
             if lang not in LANGUAGES:
@@ -231,11 +197,6 @@ class Multi30kDataModule(L.LightningDataModule):
             raise ConfigError(f"data.src_lang and data.tgt_lang are both {src_lang!r}")
         if max_len < 3:
             raise ConfigError(f"data.max_len={max_len} must be at least 3 (<bos>, a token, <eos>)")
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
-                f"must be positive"
-            )
         self.data_dir = data_dir
         self.src_lang = src_lang
         self.tgt_lang = tgt_lang
@@ -244,12 +205,7 @@ class Multi30kDataModule(L.LightningDataModule):
         self.shared_vocab = shared_vocab
         self.tokenizer_dir = tokenizer_dir
         self.max_len = max_len
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.seed = seed
         self._tokenizers: tuple[SubwordTokenizer, SubwordTokenizer] | None = None
-        self.datasets: dict[str, TranslationDataset] = {}
 
     @property
     def folder(self) -> Path:
@@ -354,22 +310,7 @@ class Multi30kDataModule(L.LightningDataModule):
                 )
             self.datasets[split] = TranslationDataset(src_ids, tgt_ids, src_text, tgt_text)
 
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        sampler = BucketBatchSampler(dataset.lengths, batch_size=self.batch_size, seed=self.seed)
-        return self._loader(dataset, batch_sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], batch_size=self.eval_batch_size)
-
-    def _loader(self, dataset: TranslationDataset, **batching) -> DataLoader:
-        return DataLoader(
-            dataset,
-            collate_fn=collate_pairs,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            **batching,
-        )
+    @property
+    def collate_fn(self) -> Callable[[list[Any]], TranslationBatch]:
+        """Pads source and target with the pad id the tokenizers share."""
+        return collate_pairs

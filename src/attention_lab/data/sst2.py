@@ -24,7 +24,7 @@ import urllib.request
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -177,30 +177,9 @@ class SST2DataModule(TextDataModule):
     collate = staticmethod(collate_texts)
     accepts_pretrained = True
 
-    def __init__(
-        self,
-        *,
-        data_dir: str,
-        tokenizer: str = "bpe",
-        vocab_size: int = 8000,
-        tokenizer_dir: str | None = None,
-        max_len: int = 128,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            tokenizer_dir=tokenizer_dir,
-            max_len=max_len,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
+    def __init__(self, *, max_len: int = 128, **settings: Any) -> None:
+        """``settings``: ``TextDataModule``'s (data_dir, tokenizer, vocab_size, batch sizes...)."""
+        super().__init__(max_len=max_len, **settings)
         self._splits: dict[str, tuple[list[str], list[int]]] = {}
 
     @property

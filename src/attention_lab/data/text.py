@@ -15,13 +15,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
+from attention_lab.data.batching import SplitsDataModule
 from attention_lab.data.bert_tokenizer import BertTokenizer
-from attention_lab.data.multi30k import BucketBatchSampler
 from attention_lab.data.tokenizer import (
     CLS_ID,
     PAD_ID,
@@ -37,7 +35,7 @@ from attention_lab.hub import resolve_bert_dir
 TOKENIZER_SETTING = "data.tokenizer"
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SplitsDataModule):
     """Base of a data module whose splits are "train", "val" and "test" datasets of sentences.
 
     A subclass sets ``collate`` and ``folder`` and gives ``training_texts``; ``setup`` fills
@@ -53,24 +51,24 @@ class TextDataModule(L.LightningDataModule):
         self,
         *,
         data_dir: str,
-        tokenizer: str,
-        vocab_size: int,
-        tokenizer_dir: str | None,
         max_len: int,
-        batch_size: int,
-        eval_batch_size: int,
-        num_workers: int,
-        seed: int,
+        tokenizer: str = "bpe",
+        vocab_size: int = 8000,
+        tokenizer_dir: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
         self.pretrained = self.accepts_pretrained and tokenizer not in TOKENIZER_KINDS
         if not self.pretrained:
             check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} "
-                f"must be positive"
-            )
         if max_len < 2:
             raise ConfigError(f"data.max_len={max_len} must be at least 2 (<cls> and a piece)")
         self.data_dir = data_dir
@@ -78,13 +76,8 @@ class TextDataModule(L.LightningDataModule):
         self.max_pieces = vocab_size
         self.tokenizer_dir = tokenizer_dir
         self.max_len = max_len
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.seed = seed
         self._tokenizer: SubwordTokenizer | BertTokenizer | None = None
         self._max_positions: int | None = None
-        self.datasets: dict[str, Dataset] = {}
 
     @property
     def folder(self) -> Path:
@@ -156,27 +149,7 @@ class TextDataModule(L.LightningDataModule):
         """One sample as the datasets give it, around the token ids ``ids`` (T,)."""
         raise NotImplementedError
 
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        sampler = BucketBatchSampler(dataset.lengths, batch_size=self.batch_size, seed=self.seed)
-        return self._loader(dataset, batch_sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], batch_size=self.eval_batch_size)
-
     @property
     def collate_fn(self) -> Callable[[list[Any]], Any]:
         """What the loaders batch samples with: ``collate``, padding with the tokenizer's pad id."""
         return partial(type(self).collate, pad_id=self.pad_id)
-
-    def _loader(self, dataset: Dataset, **batching) -> DataLoader:
-        return DataLoader(
-            dataset,
-            collate_fn=self.collate_fn,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            **batching,
-        )

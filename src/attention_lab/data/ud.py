@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -222,30 +222,14 @@ class UDDataModule(TextDataModule):
     def __init__(
         self,
         *,
-        data_dir: str,
         treebank: str = "UD_English-EWT",
         file_prefix: str = "en_ewt",
         tag_column: str = "upos",
-        tokenizer: str = "bpe",
-        vocab_size: int = 8000,
-        tokenizer_dir: str | None = None,
         max_len: int = 512,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        seed: int = 0,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            tokenizer_dir=tokenizer_dir,
-            max_len=max_len,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        """``settings``: ``TextDataModule``'s (data_dir, tokenizer, vocab_size, batch sizes...)."""
+        super().__init__(max_len=max_len, **settings)
         if tag_column not in TAG_COLUMNS:
             raise ConfigError(
                 f"data.tag_column={tag_column!r} is not a tag column; choose one of "
