@@ -1,6 +1,8 @@
-"""The errors that ``train.py`` reports as one clear message instead of a traceback."""
+"""The errors that ``train.py`` reports as one clear message instead of a traceback, and the
+two checks that most constructor settings go through."""
 
 import signal
+from collections.abc import Sequence
 
 
 class AttentionLabError(Exception):
@@ -55,3 +57,17 @@ class RunInUseError(AttentionLabError):
 class DiskFullError(AttentionLabError, OSError):
     """The disk of the run directory filled up; the message names it, the space left, and
     the command that resumes the run once space is freed."""
+
+
+def check_positive(**values: float | None) -> None:
+    """A ``ValueError`` naming the first of ``values`` that is not positive (``train.py`` puts
+    the config group before the name: ``model.d_model=0 must be positive``)."""
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"{name}={value} must be positive")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """A ``ValueError`` naming ``name`` and the choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not known; choose one of {', '.join(choices)}")

@@ -67,7 +67,12 @@ class SplitsDataModule(L.LightningDataModule):
     (``collate_fn``)."""
 
     def __init__(
-        self, *, batch_size: int, eval_batch_size: int, num_workers: int, seed: int
+        self,
+        *,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         check_batch_sizes(batch_size, eval_batch_size)

@@ -176,16 +176,10 @@ class Multi30kDataModule(SplitsDataModule):
         tokenizer_dir: str | None = None,
         max_len: int = 128,
         batch_size: int = 128,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        seed: int = 0,
+        **loading: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        """``loading``: ``SplitsDataModule``'s eval_batch_size, num_workers, seed."""
+        super().__init__(batch_size=batch_size, **loading)
         check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)
         for name, lang in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
             if lang not in LANGUAGES:

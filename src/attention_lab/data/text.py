@@ -55,17 +55,10 @@ class TextDataModule(SplitsDataModule):
         tokenizer: str = "bpe",
         vocab_size: int = 8000,
         tokenizer_dir: str | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        seed: int = 0,
+        **loading: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        """``loading``: ``SplitsDataModule``'s batch_size, eval_batch_size, num_workers, seed."""
+        super().__init__(**loading)
         self.pretrained = self.accepts_pretrained and tokenizer not in TOKENIZER_KINDS
         if not self.pretrained:
             check_tokenizer_settings(kind=tokenizer, vocab_size=vocab_size)

@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from attention_lab.models.text import WORD_POOLINGS, check_choice, word_pooling_matrix
+from attention_lab.errors import check_choice, check_positive
+from attention_lab.models.text import WORD_POOLINGS, word_pooling_matrix
 from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
 
@@ -63,9 +64,7 @@ class Bert(nn.Module):
     ) -> None:
         super().__init__()
         spec = BERT_ENCODER.updated(encoder, model="Bert", fixed=("norm_first",))
-        for name, value in {"vocab_size": vocab_size, "type_vocab_size": type_vocab_size}.items():
-            if value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
+        check_positive(vocab_size=vocab_size, type_vocab_size=type_vocab_size)
         self.pad_id = pad_id
         # What a run's checkpoint keeps to rebuild this model without the pretrained files (the
         # attention kind is the run's setting, not the architecture's).
@@ -118,8 +117,7 @@ class _FineTuned(nn.Module):
 
     def __init__(self, body: Bert, *, dropout: float, freeze_body: bool, body_lr_scale: float):
         super().__init__()
-        if body_lr_scale <= 0:
-            raise ValueError(f"body_lr_scale={body_lr_scale} must be positive")
+        check_positive(body_lr_scale=body_lr_scale)
         self.body = body
         self.dropout = nn.Dropout(dropout)
         self.body.requires_grad_(not freeze_body)
@@ -152,8 +150,7 @@ class BertSentimentClassifier(_FineTuned):
         super().__init__(
             body, dropout=dropout, freeze_body=freeze_body, body_lr_scale=body_lr_scale
         )
-        if num_classes <= 0:
-            raise ValueError(f"num_classes={num_classes} must be positive")
+        check_positive(num_classes=num_classes)
         check_choice("pooling", pooling, BERT_POOLINGS)
         self.pooling = pooling
         self.head = nn.Linear(body.d_model, num_classes)
@@ -195,8 +192,7 @@ class BertTagger(_FineTuned):
             body, dropout=dropout, freeze_body=freeze_body, body_lr_scale=body_lr_scale
         )
         check_choice("word_pooling", word_pooling, WORD_POOLINGS)
-        if num_tags is None or num_tags <= 0:
-            raise ValueError(f"num_tags={num_tags} must be positive")
+        check_positive(num_tags=num_tags)
         self.word_pooling = word_pooling
         self.head = nn.Linear(body.d_model, num_tags)
 

@@ -35,7 +35,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from attention_lab.errors import ConfigError
+from attention_lab.errors import ConfigError, check_positive
 from attention_lab.nn.attention import build_attention, scaled_dot_product_attention
 from attention_lab.nn.blocks import Encoder, EncoderSpec, FeedForward
 from attention_lab.nn.positional import sinusoidal_encoding
@@ -77,9 +77,7 @@ class CourseEncoderClassifier(nn.Module):
         attention: str = "torch",
     ) -> None:
         super().__init__()
-        for name, value in {"d_model": d_model, "num_classes": num_classes, "d_ff": d_ff}.items():
-            if value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
+        check_positive(d_model=d_model, num_classes=num_classes, d_ff=d_ff)
         self.n_pixels = in_channels * image_size * image_size
         self.d_model = d_model
         self.crop_to_d_model = crop_to_d_model

@@ -17,6 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
 
@@ -70,26 +71,14 @@ class EncoderClassifier(nn.Module):
     ) -> None:
         super().__init__()
         spec = ENCODER_CLASSIFIER_ENCODER.updated(encoder, model="EncoderClassifier")
-        for name, value in {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-        }.items():
-            if value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
-        if tokens not in TOKENIZATIONS:
-            raise ValueError(
-                f"tokens={tokens!r} is not known; choose one of {', '.join(TOKENIZATIONS)}"
-            )
+        check_positive(image_size=image_size, in_channels=in_channels, num_classes=num_classes)
+        check_choice("tokens", tokens, TOKENIZATIONS)
         if tokens == "patches" and (patch_size <= 0 or image_size % patch_size != 0):
             raise ValueError(
                 f"patch_size={patch_size} does not divide image_size={image_size}; "
                 f"pick a patch_size that does (for 28: 2, 4, 7, 14)"
             )
-        if pooling not in POOLINGS:
-            raise ValueError(
-                f"pooling={pooling!r} is not known; choose one of {', '.join(POOLINGS)}"
-            )
+        check_choice("pooling", pooling, POOLINGS)
 
         self.image_size = image_size
         self.tokens = tokens

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attention_lab.errors import check_positive
 from attention_lab.nn.attention import causal_mask
 from attention_lab.nn.blocks import DecoderBlock, Encoder, EncoderSpec, final_norm
 from attention_lab.nn.positional import build_positional
@@ -52,13 +53,9 @@ class Seq2SeqTransformer(nn.Module):
     ) -> None:
         super().__init__()
         spec = SEQ2SEQ_ENCODER.updated(stacks, model="Seq2SeqTransformer")
-        for name, value in {
-            "src_vocab_size": src_vocab_size,
-            "tgt_vocab_size": tgt_vocab_size,
-            "max_len": max_len,
-        }.items():
-            if value is None or value <= 0:
-                raise ValueError(f"{name}={value} must be a positive integer")
+        check_positive(
+            src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, max_len=max_len
+        )
         self.d_model = d_model = spec.d_model
         self.max_len = max_len
         self.pad_id = pad_id

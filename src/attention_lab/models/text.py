@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
 
@@ -44,9 +45,7 @@ class TextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         spec = TEXT_ENCODER.updated(encoder, model="TextEncoder")
-        for name, value in {"vocab_size": vocab_size, "max_len": max_len}.items():
-            if value is None or value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
+        check_positive(vocab_size=vocab_size, max_len=max_len)
         self.pad_id = pad_id
         self.max_len = max_len
         self.d_model = d_model = spec.d_model
@@ -80,12 +79,6 @@ def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (B, W, T)
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """A ``ValueError`` naming ``name`` and the choices when ``value`` is not one of them."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not known; choose one of {', '.join(choices)}")
-
-
 class TransformerTagger(nn.Module):
     """Pieces -> ``TextEncoder`` -> pieces pooled into words -> a tag's logits per word.
 
@@ -95,8 +88,7 @@ class TransformerTagger(nn.Module):
     def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings: Any) -> None:
         super().__init__()
         check_choice("word_pooling", word_pooling, WORD_POOLINGS)
-        if num_tags is None or num_tags <= 0:
-            raise ValueError(f"num_tags={num_tags} must be positive")
+        check_positive(num_tags=num_tags)
         self.word_pooling = word_pooling
         self.text_encoder = TextEncoder(**settings)
         self.head = nn.Linear(self.text_encoder.d_model, num_tags)

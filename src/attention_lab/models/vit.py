@@ -14,6 +14,7 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
+from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import build_positional
 
@@ -55,18 +56,13 @@ class VisionTransformer(nn.Module):
                 f"patch_size={patch_size} does not divide image_size={image_size}; pick a "
                 f"patch_size that does (for 28: 2, 4, 7, 14; for 32: 2, 4, 8, 16)"
             )
-        if pooling not in VIT_POOLINGS:
-            raise ValueError(
-                f"pooling={pooling!r} is not known; choose one of {', '.join(VIT_POOLINGS)}"
-            )
+        check_choice("pooling", pooling, VIT_POOLINGS)
         if pooling == "cls" and not class_token:
             raise ValueError(
                 "pooling='cls' needs the class token, but class_token=false; "
                 "set class_token=true or pooling=mean"
             )
-        for name, value in {"in_channels": in_channels, "num_classes": num_classes}.items():
-            if value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
+        check_positive(in_channels=in_channels, num_classes=num_classes)
         self.image_size = image_size
         self.patch_size = patch_size
         self.pooling = pooling

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attention_lab.errors import check_choice
 from attention_lab.nn.flash import check_blocks, flash_attention
 
 ATTENTION_KINDS = ("scratch", "scratch_fused", "scratch_flash", "scratch_triton", "torch")
@@ -153,8 +154,7 @@ def _check_settings(
             f"d_model={embed_dim} is not divisible by n_heads={num_heads}: "
             f"each head gets d_model / n_heads features"
         )
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r} is not known; choose one of {', '.join(KERNELS)}")
+    check_choice("kernel", kernel, KERNELS)
     if kernel == "triton":
         from attention_lab.nn import triton_flash
 

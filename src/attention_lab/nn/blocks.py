@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.attention import build_attention
 
 # "gelu" is the exact (erf) GELU of BERT and ViT; "gelu_tanh" its tanh approximation (GPT-2).
@@ -51,10 +52,9 @@ class EncoderSpec:
     layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads", "d_ff"):
-            value = getattr(self, name)
-            if value is None or value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
+        check_positive(
+            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff
+        )
 
     def updated(
         self, settings: Mapping[str, Any], *, model: str, fixed: tuple[str, ...] = ()
@@ -79,10 +79,7 @@ class FeedForward(nn.Module):
         self, *, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu"
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation={activation!r} is not known; choose one of {', '.join(ACTIVATIONS)}"
-            )
+        check_choice("activation", activation, tuple(ACTIVATIONS))
         self.net = nn.Sequential(
             nn.Linear(d_model, d_ff),
             ACTIVATIONS[activation](),
