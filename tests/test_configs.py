@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from attention_lab.nn.attention import PORTABLE_KINDS
+from attention_lab.run.records import NO_ATTENTION
 from attention_lab.run.training import train
 from tests.conftest import CONF_DIR, ComposeFn, TinyDataFn, run_train_py
 
@@ -20,6 +21,8 @@ FAMILIES = [
     {"data": "multi30k", "model": "seq2seq", "task": "translation"},
     {"data": "ud_ewt", "model": "tagger", "task": "tagging"},
     {"data": "ud_ewt", "model": "bert_tagger", "task": "tagging"},
+    {"data": "ud_ewt", "model": "bilstm_tagger", "task": "tagging"},
+    {"data": "sst2", "model": "cnn_classifier", "task": "text_classification"},
     {"data": "sst2", "model": "text_classifier", "task": "text_classification"},
 ]
 
@@ -37,6 +40,21 @@ def _options(group: str) -> list[str]:
 
 def _experiments() -> list[str]:
     return _options("experiment")
+
+
+def _attention_of(experiment: str) -> str:
+    """``scratch``, or ``none`` when the experiment's model has no ``model.attention``."""
+    filed = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
+    model = next(
+        (d["override /model"] for d in filed.get("defaults", []) if "override /model" in d), None
+    )
+    if model is None:
+        return "scratch"
+    return (
+        "scratch"
+        if "attention" in OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")
+        else NO_ATTENTION
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,12 +83,13 @@ def test_there_are_experiments() -> None:
 # Every experiment runs a step with scratch attention, and one of them with every kind: the
 # kinds compute the same function (tests/test_models.py, test_seq2seq.py, test_text_models.py,
 # test_course.py), so running each experiment four times would add minutes to CI and no check.
+# A reference model without attention (ud_pos_bilstm, sst2_cnn) runs with none.
 # An experiment over a pretrained BERT (sst2_bert, *_minilm*) runs on conftest's tiny random
 # BERT checkpoint instead of its real one (no network, seconds not minutes).
 # Without CUDA, scratch_triton runs in Triton's interpreter (one Python pass per program of the
 # kernel's grid), so its step takes batches of 2 (minutes with the experiment's own sizes).
 EXPERIMENT_STEPS = [
-    *((e, "scratch", ()) for e in _experiments()),
+    *((e, _attention_of(e), ()) for e in _experiments()),
     *(("mnist_encoder", kind, ()) for kind in PORTABLE_KINDS if kind != "scratch"),
     ("mnist_encoder", "scratch_triton", ("data.batch_size=2", "data.eval_batch_size=2")),
 ]
@@ -95,9 +114,10 @@ def test_every_experiment_runs_a_step(
         overrides = (*overrides, f"model.pretrained={tiny_bert_dir}")
     if "max_extra_len" in filed.task:  # an untrained translator decodes to its length limit:
         overrides = (*overrides, "task.max_extra_len=3")  # a beam of 3 more tokens, not 50
+    kind = () if attention == NO_ATTENTION else (f"model.attention={attention}",)
     cfg = compose_config(
         f"experiment={experiment}",
-        f"model.attention={attention}",
+        *kind,
         "debug=fast_dev_run",
         "logger=csv",
         data_setting,

@@ -56,7 +56,7 @@ def sentence_tokenizer(checkpoint: dict[str, Any], ckpt: str | Path) -> Any:
 def max_positions(model: nn.Module) -> int:
     """Most tokens the model takes: a pretrained body's position table, or ``max_len``."""
     body = getattr(model, "body", None)
-    return body.settings["max_len"] if body is not None else model.text_encoder.max_len
+    return body.settings["max_len"] if body is not None else model.max_len
 
 
 def trained_net(checkpoint: dict[str, Any], cfg: DictConfig, data_decided: Any) -> nn.Module:

@@ -29,7 +29,7 @@ from attention_lab.run.checkpoints import check_fits, checkpoint_file, load_trai
 from attention_lab.run.config import validate
 from attention_lab.run.lock import run_lock
 from attention_lab.run.provenance import provenance
-from attention_lab.run.records import write_metrics
+from attention_lab.run.records import NO_ATTENTION, write_metrics
 from attention_lab.run.training import (
     build_model,
     count_parameters,
@@ -95,7 +95,7 @@ def _evaluate(checkpoint: dict[str, Any], cfg: DictConfig, ckpt: Path, out_dir: 
     metrics = {
         "experiment": cfg.get("experiment_name"),
         "model": cfg.model._target_,
-        "attention": cfg.model.get("attention"),
+        "attention": cfg.model.get("attention", NO_ATTENTION),
         "seed": cfg.seed,
         "params": count_parameters(net),
         "checkpoint": str(ckpt.resolve()),

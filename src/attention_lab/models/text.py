@@ -79,19 +79,20 @@ def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (B, W, T)
 
 
-class TransformerTagger(nn.Module):
-    """Pieces -> ``TextEncoder`` -> pieces pooled into words -> a tag's logits per word.
+class WordTagger(nn.Module):
+    """Pieces -> ``text_encoder`` (ids (B, T) -> states (B, T, E), with ``d_model`` and
+    ``max_len``) -> pieces pooled into words -> a tag's logits per word."""
 
-    ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
-    """
-
-    def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings: Any) -> None:
+    def __init__(self, text_encoder: nn.Module, *, num_tags: int, word_pooling: str) -> None:
         super().__init__()
-        check_choice("word_pooling", word_pooling, WORD_POOLINGS)
-        check_positive(num_tags=num_tags)
         self.word_pooling = word_pooling
-        self.text_encoder = TextEncoder(**settings)
-        self.head = nn.Linear(self.text_encoder.d_model, num_tags)
+        self.text_encoder = text_encoder
+        self.head = nn.Linear(text_encoder.d_model, num_tags)
+
+    @property
+    def max_len(self) -> int:
+        """Most pieces (with <cls>) a sentence may have."""
+        return self.text_encoder.max_len
 
     def forward(self, ids: Tensor, word_ids: Tensor, n_words: int | None = None) -> Tensor:
         """ids, word_ids: (B, T) -> logits (B, W, num_tags), W = ``n_words`` or the most words."""
@@ -100,6 +101,18 @@ class TransformerTagger(nn.Module):
         x = self.text_encoder(ids)  # (B, T, E)
         pool = word_pooling_matrix(word_ids, n_words, self.word_pooling)  # (B, W, T)
         return self.head(pool @ x)  # (B, W, num_tags)
+
+
+class TransformerTagger(WordTagger):
+    """Pieces -> ``TextEncoder`` -> pieces pooled into words -> a tag's logits per word.
+
+    ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
+    """
+
+    def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings: Any) -> None:
+        check_choice("word_pooling", word_pooling, WORD_POOLINGS)
+        check_positive(num_tags=num_tags)
+        super().__init__(TextEncoder(**settings), num_tags=num_tags, word_pooling=word_pooling)
 
 
 class TransformerTextClassifier(nn.Module):
@@ -116,6 +129,11 @@ class TransformerTextClassifier(nn.Module):
         self.pooling = pooling
         self.text_encoder = TextEncoder(**settings)
         self.head = nn.Linear(self.text_encoder.d_model, num_classes)
+
+    @property
+    def max_len(self) -> int:
+        """Most pieces (with <cls>) a sentence may have."""
+        return self.text_encoder.max_len
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, T), <cls> first -> logits (B, num_classes)."""

@@ -43,6 +43,7 @@ from attention_lab.run.provenance import describe_machine, machine_class
 from attention_lab.run.records import (
     HISTORY_FILE,
     METRICS_FILE,
+    NO_ATTENTION,
     Run,
     load_run,
     write_metrics,
@@ -211,7 +212,9 @@ def _command(
         words.append("-m")
     if experiment != "default":
         words.append(f"experiment={experiment}")
-    words += [*placement, *recipe, f"model.attention={attention}"]
+    words += [*placement, *recipe]
+    if attention != NO_ATTENTION:
+        words.append(f"model.attention={attention}")
     words.append("seed=" + ",".join(str(s) for s in sorted(seeds)))
     return " ".join(words)
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
 HISTORY_FILE = "history.jsonl"
+# The attention of a run whose model has none (a BiLSTM or CNN reference: no model.attention).
+NO_ATTENTION = "none"
 
 
 TEMPORARY_SUFFIX = ".tmp"
@@ -210,7 +212,7 @@ def load_run(path: Path) -> Run:
         path=path,
         config=config,
         experiment=str(cfg.get("experiment_name", "default")),
-        attention=str(cfg.model.get("attention", "?")),
+        attention=str(cfg.model.get("attention", NO_ATTENTION)),
         seed=cfg.get("seed"),
         metrics=metrics,
         history=read_history(path),

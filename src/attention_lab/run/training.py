@@ -35,7 +35,12 @@ from attention_lab.run.checkpoints import (
 from attention_lab.run.config import validate
 from attention_lab.run.lock import run_lock
 from attention_lab.run.provenance import provenance
-from attention_lab.run.records import read_history, remove_temporaries, write_metrics
+from attention_lab.run.records import (
+    NO_ATTENTION,
+    read_history,
+    remove_temporaries,
+    write_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +224,7 @@ def _fit_record(
     metrics: dict[str, Any] = {
         "experiment": cfg.get("experiment_name"),
         "model": cfg.model._target_,
-        "attention": cfg.model.get("attention"),
+        "attention": cfg.model.get("attention", NO_ATTENTION),
         "seed": cfg.seed,
         "config": attempt_config_file(),  # the config of the attempt that made these weights
         "params": n_params,
