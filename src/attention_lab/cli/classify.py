@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from attention_lab.cli.common import (
-    load_trained_run,
-    max_positions,
-    run_command,
-    sentence_tokenizer,
-    trained_net,
-)
+from attention_lab.cli.common import load_text_run, max_positions, run_command
 from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
-from attention_lab.tasks.text import LABEL_NAMES_KEY
 
 SETTINGS = ("ckpt", "config")
 
@@ -75,11 +67,7 @@ class Classifier:
 def load_classifier(ckpt: str | Path, config: str | None = None) -> Classifier:
     """Model, weights, tokenizer and labels from a checkpoint of ``SequenceClassificationTask``
     (a from-scratch classifier, or one over a pretrained body)."""
-    checkpoint, cfg = load_trained_run(ckpt, config, LABEL_NAMES_KEY, "sentence classification")
-    tokenizer = sentence_tokenizer(checkpoint, ckpt)
-    labels = list(checkpoint[LABEL_NAMES_KEY])
-    decided = SimpleNamespace(vocab_size=tokenizer.vocab_size)
-    return Classifier(trained_net(checkpoint, cfg, decided), tokenizer, labels)
+    return Classifier(*load_text_run(ckpt, config, "sentence classification"))
 
 
 def main(argv: list[str] | None = None) -> int:

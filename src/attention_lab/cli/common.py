@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import DictConfig
@@ -16,7 +17,7 @@ from attention_lab.data.tokenizer import SubwordTokenizer
 from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.run.checkpoints import load_trained
 from attention_lab.run.training import build_model, fill_model_settings_from_data
-from attention_lab.tasks.text import BERT_TOKENIZER_KEY
+from attention_lab.tasks.text import BERT_TOKENIZER_KEY, LABEL_NAMES_KEY
 from attention_lab.tasks.translation import TOKENIZERS_KEY
 
 
@@ -71,6 +72,18 @@ def trained_net(checkpoint: dict[str, Any], cfg: DictConfig, data_decided: Any) 
         {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     )
     return model.eval()
+
+
+def load_text_run(
+    ckpt: str | Path, config: str | None, kind: str
+) -> tuple[nn.Module, SubwordTokenizer | BertTokenizer, list[str]]:
+    """A language run's model (its weights, eval mode), tokenizer and output names (labels or
+    tags), from its checkpoint alone; ``kind`` names the run in errors ("tagging")."""
+    checkpoint, cfg = load_trained_run(ckpt, config, LABEL_NAMES_KEY, kind)
+    tokenizer = sentence_tokenizer(checkpoint, ckpt)
+    names = list(checkpoint[LABEL_NAMES_KEY])
+    decided = SimpleNamespace(vocab_size=tokenizer.vocab_size, num_tags=len(names))
+    return trained_net(checkpoint, cfg, decided), tokenizer, names
 
 
 def run_command(

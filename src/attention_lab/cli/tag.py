@@ -15,23 +15,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from attention_lab.cli.common import (
-    load_trained_run,
-    max_positions,
-    run_command,
-    sentence_tokenizer,
-    trained_net,
-)
+from attention_lab.cli.common import load_text_run, max_positions, run_command
 from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
 from attention_lab.data.ud import encode_sentences
 from attention_lab.errors import ConfigError
-from attention_lab.tasks.text import LABEL_NAMES_KEY
 
 SETTINGS = ("ckpt", "config")
 
@@ -84,11 +76,7 @@ class Tagger:
 
 def load_tagger(ckpt: str | Path, config: str | None = None) -> Tagger:
     """Model, weights, tokenizer and tag names from a checkpoint of ``TokenClassificationTask``."""
-    checkpoint, cfg = load_trained_run(ckpt, config, LABEL_NAMES_KEY, "tagging")
-    tokenizer = sentence_tokenizer(checkpoint, ckpt)
-    tag_names = list(checkpoint[LABEL_NAMES_KEY])
-    decided = SimpleNamespace(vocab_size=tokenizer.vocab_size, num_tags=len(tag_names))
-    return Tagger(trained_net(checkpoint, cfg, decided), tokenizer, tag_names)
+    return Tagger(*load_text_run(ckpt, config, "tagging"))
 
 
 def main(argv: list[str] | None = None) -> int:
