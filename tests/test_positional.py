@@ -10,6 +10,8 @@ import torch
 from attention_lab.nn.positional import (
     LearnedPositionalEncoding,
     SinusoidalPositionalEncoding,
+    alibi_bias,
+    alibi_slopes,
     build_positional,
     sinusoidal_encoding,
 )
@@ -57,3 +59,19 @@ def test_sequences_longer_than_max_len_are_refused() -> None:
 def test_unknown_kind_names_the_choices() -> None:
     with pytest.raises(ValueError, match=r"positional='rotary'.*sinusoidal, learned, none"):
         build_positional("rotary", d_model=4, max_len=3)
+
+
+def test_alibi_slopes_are_the_papers_geometric_sequence() -> None:
+    # "For models with 8 heads, the slopes that we used are ... 1/2^1, 1/2^2, ..., 1/2^8."
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0**-k for k in range(1, 9)]))
+    # 16 heads: "we interpolate ... 1/2^0.5, 1/2^1, 1/2^1.5, ..., 1/2^8."
+    torch.testing.assert_close(alibi_slopes(16)[:3], torch.tensor([2**-0.5, 2**-1.0, 2**-1.5]))
+
+
+def test_alibi_bias_is_minus_slope_times_distance_both_ways() -> None:
+    bias = alibi_bias(2, 4)  # slopes 1/16, 1/256
+    assert bias.shape == (2, 4, 4)
+    torch.testing.assert_close(bias, bias.transpose(1, 2))
+    assert bias.diagonal(dim1=1, dim2=2).abs().max() == 0
+    assert bias[0, 0, 3].item() == pytest.approx(-3 / 16)
+    assert bias[1, 2, 0].item() == pytest.approx(-2 / 256)

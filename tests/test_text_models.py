@@ -78,6 +78,26 @@ def test_classifier_ignores_padding(attention: str, pooling: str) -> None:
     torch.testing.assert_close(logits[1], alone[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
+def test_alibi_tagger_ignores_padding_and_every_kind_agrees(attention: str) -> None:
+    torch.manual_seed(0)
+    settings = {"vocab_size": 30, "num_tags": 5, "positional": "alibi", **SMALL}
+    reference = TransformerTagger(**settings, attention="scratch").eval()
+    net = TransformerTagger(**settings, attention=attention).eval()
+    net.load_state_dict(reference.state_dict())
+    ids = torch.tensor([[4, 10, 11, 12, 13, 14], [4, 20, 21, 0, 0, 0]])
+    word_ids = torch.tensor([[-1, 0, 0, 1, 2, 2], [-1, 0, 1, -1, -1, -1]])
+    with torch.no_grad():
+        logits = net(ids, word_ids)
+        alone = net(ids[1:, :3], word_ids[1:, :3])
+        torch.testing.assert_close(logits, reference(ids, word_ids), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[1, :2], alone[0], rtol=1e-5, atol=1e-5)
+    # Order matters to it, as to a tagger with position embeddings: swapped words, other tags.
+    swapped = torch.tensor([[4, 13, 14, 12, 10, 11]])
+    with torch.no_grad():
+        assert not torch.allclose(net(swapped, word_ids[:1])[0, 1], logits[0, 1], atol=1e-4)
+
+
 TINY_TAGGER = [
     "experiment=ud_pos_transformer",
     "model.d_model=32",

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.blocks import Encoder, EncoderSpec
-from attention_lab.nn.positional import build_positional
+from attention_lab.nn.positional import POSITIONAL_KINDS, alibi_bias, build_positional
 
 WORD_POOLINGS = ("first", "mean")
 SENTENCE_POOLINGS = ("cls", "mean")
@@ -31,7 +31,9 @@ class TextEncoder(nn.Module):
     """Token ids -> embeddings + positions -> N encoder blocks -> (B, T, E).
 
     ``encoder``: ``EncoderSpec`` fields over ``TEXT_ENCODER``; its ``dropout`` also drops out
-    the embedded tokens.
+    the embedded tokens. ``positional="alibi"`` adds no position embedding: every block's
+    attention scores are biased by -m_h |i - j| instead (``nn.positional.alibi_bias``), so
+    each head prefers near tokens, by its own slope.
     """
 
     def __init__(
@@ -54,7 +56,13 @@ class TextEncoder(nn.Module):
         self.embed_scale = math.sqrt(d_model)
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
-        self.positional = build_positional(positional, d_model=d_model, max_len=max_len)
+        check_choice("positional", positional, (*POSITIONAL_KINDS, "alibi"))
+        # ALiBi adds nothing to the embeddings; it biases every block's attention by distance.
+        self.alibi_heads = spec.n_heads if positional == "alibi" else 0
+        if self.alibi_heads:
+            self.positional = nn.Identity()
+        else:
+            self.positional = build_positional(positional, d_model=d_model, max_len=max_len)
         self.dropout = nn.Dropout(spec.dropout)
         self.encoder = Encoder(spec)
 
@@ -62,7 +70,11 @@ class TextEncoder(nn.Module):
         """ids: (B, T) -> (B, T, E); padding positions are never attended to."""
         padding = ids == self.pad_id  # (B, T), True = padding
         x = self.dropout(self.positional(self.embedding(ids) * self.embed_scale))  # (B, T, E)
-        return self.encoder(x, key_padding_mask=padding)  # (B, T, E)
+        bias = None
+        if self.alibi_heads:  # the same distance bias for every sentence: (B*H, T, T)
+            bias = alibi_bias(self.alibi_heads, ids.size(1), ids.device).to(x.dtype)
+            bias = bias.repeat(ids.size(0), 1, 1)
+        return self.encoder(x, key_padding_mask=padding, attn_mask=bias)  # (B, T, E)
 
 
 def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:

@@ -112,20 +112,26 @@ class EncoderBlock(nn.Module):
         self.keep_attention = False
         self.attention_weights: Tensor | None = None
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding."""
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding; attn_mask:
+        ``nn.MultiheadAttention``'s (T, T) or (B*H, T, T), e.g. a float position bias."""
         if self.norm_first:
-            x = x + self._self_attention(self.norm1(x), key_padding_mask)
+            x = x + self._self_attention(self.norm1(x), key_padding_mask, attn_mask)
             return x + self.dropout(self.ff(self.norm2(x)))
-        x = self.norm1(x + self._self_attention(x, key_padding_mask))
+        x = self.norm1(x + self._self_attention(x, key_padding_mask, attn_mask))
         return self.norm2(x + self.dropout(self.ff(x)))
 
-    def _self_attention(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def _self_attention(
+        self, x: Tensor, key_padding_mask: Tensor | None, attn_mask: Tensor | None
+    ) -> Tensor:
         out, weights = self.self_attn(
             x,
             x,
             x,
             key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
             need_weights=self.keep_attention,
             average_attn_weights=False,
         )  # (B, T, E), (B, H, T, T) or None
@@ -142,10 +148,13 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(spec) for _ in range(spec.n_layers))
         self.final_norm = final_norm(spec)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding."""
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, T, E) -> (B, T, E); key_padding_mask: (B, T), True = padding; attn_mask:
+        as ``EncoderBlock``'s, the same for every block."""
         for block in self.blocks:
-            x = block(x, key_padding_mask)  # (B, T, E)
+            x = block(x, key_padding_mask, attn_mask)  # (B, T, E)
         return self.final_norm(x)
 
 

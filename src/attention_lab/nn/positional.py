@@ -1,7 +1,10 @@
-"""Position encodings: the paper's fixed sinusoids, and a learned table.
+"""Position encodings: the paper's fixed sinusoids, a learned table, and ALiBi's distance bias.
 
 "PE(pos, 2i) = sin(pos / 10000^(2i / d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i / d_model))"
 (Vaswani et al., 2017, section 3.5)
+
+The first two are added to the token embeddings; ALiBi (Press et al., 2022, "Train Short, Test
+Long") adds nothing to them and biases each head's attention scores by its distance instead.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-POSITIONAL_KINDS = ("sinusoidal", "learned", "none")
+POSITIONAL_KINDS = ("sinusoidal", "learned", "none")  # added to the embeddings
 
 
 def sinusoidal_encoding(length: int, d_model: int) -> Tensor:
@@ -54,6 +57,21 @@ class LearnedPositionalEncoding(nn.Module):
         """x: (B, T, E) -> (B, T, E)."""
         _check_length(x, self.table.size(0))
         return x + self.table[: x.size(1)]
+
+
+def alibi_slopes(n_heads: int) -> Tensor:
+    """ALiBi's head-specific slopes: "a geometric sequence that starts at 2^(-8/n) and uses that
+    same value as its ratio" (section 3): 1/2, 1/4, ..., 1/256 for 8 heads. (H,)"""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
+
+
+def alibi_bias(n_heads: int, length: int, device: torch.device | None = None) -> Tensor:
+    """(H, T, T) additive attention bias -m_h |i - j|: near tokens count more, each head with its
+    own reach. Symmetric in i and j (both directions, as an encoder reads; the paper's decoder
+    sees only j <= i), as MosaicBERT uses it."""
+    position = torch.arange(length, device=device, dtype=torch.float32)
+    distance = (position[None, :] - position[:, None]).abs()  # (T, T)
+    return -alibi_slopes(n_heads).to(device)[:, None, None] * distance  # (H, T, T)
 
 
 def _check_length(x: Tensor, max_len: int) -> None:
