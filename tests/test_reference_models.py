@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from attention_lab.cli import classify, tag
+from attention_lab.data.chars import MAX_WORD_CHARS, char_ids, encode_chars
+from attention_lab.data.ud import collate_tagged
 from attention_lab.models.reference import BiLSTMTagger, CNNTextClassifier
+from attention_lab.models.text import CharWordEncoder, TransformerTagger
 from attention_lab.run.records import NO_ATTENTION
 from attention_lab.run.training import train
 from tests.conftest import ComposeFn
@@ -43,6 +46,67 @@ def test_bilstm_reads_both_directions() -> None:
         left = net(torch.tensor([[4, 15, 11, 12]]), word_ids)[0, 1]
         right = net(torch.tensor([[4, 10, 11, 16]]), word_ids)[0, 1]
     assert not torch.allclose(base, left) and not torch.allclose(base, right)
+
+
+def test_words_are_spelt_in_a_fixed_code_ends_kept() -> None:
+    assert char_ids("Ab") == [2 + ord("A"), 2 + ord("b")]
+    assert char_ids("日") == [1]  # beyond Latin-1: one id for all
+    long = "internationalisations"  # 21 characters: the first and last 10 are kept
+    assert char_ids(long) == char_ids(long[:10] + long[-10:]) and MAX_WORD_CHARS == 20
+    chars = encode_chars([["The", "dog"], ["Hi"]])
+    assert chars.shape == (2, 2, 3)
+    assert chars[1, 0].tolist() == [*char_ids("Hi"), 0] and chars[1, 1].sum() == 0
+
+
+def test_tagging_batches_carry_their_words_spelt_out() -> None:
+    items = [
+        (
+            torch.tensor([4, 9, 10]),
+            torch.tensor([-1, 0, 1]),
+            torch.tensor([1, 2]),
+            ["a", "cat"],
+            torch.tensor([False, True]),
+        ),
+        (
+            torch.tensor([4, 11]),
+            torch.tensor([-1, 0]),
+            torch.tensor([3]),
+            ["Go"],
+            torch.tensor([False]),
+        ),
+    ]
+    batch = collate_tagged(items)
+    torch.testing.assert_close(batch.chars, encode_chars([["a", "cat"], ["Go"]]))
+
+
+def test_char_encoder_ignores_padding_characters_and_words() -> None:
+    torch.manual_seed(0)
+    encoder = CharWordEncoder(6).eval()
+    short = encode_chars([["cat", "is"]])  # L = 3
+    with torch.no_grad():
+        wide = encoder(torch.nn.functional.pad(short, (0, 4)))  # 4 more padding characters
+        alone = encoder(short)
+        padded_word = encoder(encode_chars([["cat", "is"], ["a", "b", "c"]]))[0, 2]
+    torch.testing.assert_close(wide, alone)
+    assert padded_word.abs().sum() == 0
+
+
+@pytest.mark.parametrize("model", [BiLSTMTagger, TransformerTagger])
+def test_taggers_with_chars_read_spelling_and_ignore_padding(model) -> None:
+    torch.manual_seed(0)
+    small = SMALL_LSTM if model is BiLSTMTagger else {"d_model": 16, "n_heads": 2, "max_len": 32}
+    net = model(vocab_size=30, num_tags=5, chars=8, **small).eval()
+    ids = torch.tensor([[4, 10, 11, 12, 13, 14], [4, 20, 21, 0, 0, 0]])
+    word_ids = torch.tensor([[-1, 0, 0, 1, 2, 2], [-1, 0, 1, -1, -1, -1]])
+    words = [["Dogs", "run", "fast"], ["It", "works"]]
+    with torch.no_grad():
+        logits = net(ids, word_ids, chars=encode_chars(words))
+        alone = net(ids[1:, :3], word_ids[1:, :3], chars=encode_chars(words[1:]))
+        respelt = net(ids, word_ids, chars=encode_chars([["dogs", "run", "fast"], ["It", "works"]]))
+    torch.testing.assert_close(logits[1, :2], alone[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(respelt[0], logits[0])  # same pieces, other spelling
+    with pytest.raises(ValueError, match=r"model.chars > 0\): pass chars"):
+        net(ids, word_ids)
 
 
 def test_cnn_classifier_ignores_padding_and_takes_short_sentences() -> None:
@@ -80,6 +144,7 @@ def test_bilstm_tagger_learns_the_toy_language_and_tags_from_its_checkpoint(
 ) -> None:
     cfg = compose_config(
         "experiment=ud_pos_bilstm",
+        "model.chars=16",  # and reads spelling: the command must spell the words out too
         "model.d_emb=32",
         "model.hidden=32",
         "model.dropout=0.0",

@@ -117,7 +117,9 @@ def _task_and_batch(
     if cfg is None:
         task, batch = _sized_task(experiment, kind, args.sized_batch, args.seq_len)
     else:
-        cfg.model.attention, cfg.model.compile = kind, False  # compiled by the caller
+        cfg.model.compile = False  # compiled by the caller
+        if "attention" in cfg.model:  # a reference without attention runs as it is
+            cfg.model.attention = kind
         task = instantiate_setting(cfg.task, "task", net=build_model(cfg))
         datamodule = instantiate_setting(cfg.data, "data")  # reads no files
         batch = datamodule.synthetic_batch(args.seq_len)

@@ -13,6 +13,7 @@ tokenizer and the tag names are read from the checkpoint, so no data is needed.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from attention_lab.cli.common import load_text_run, max_positions, run_command
 from attention_lab.data.bert_tokenizer import BertTokenizer
+from attention_lab.data.chars import encode_chars
 from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
 from attention_lab.data.ud import encode_sentences
 from attention_lab.errors import ConfigError
@@ -59,7 +61,11 @@ class Tagger:
         ids_t = pad([torch.tensor(i) for i in ids], batch_first=True, padding_value=pad_id)
         words_t = pad([torch.tensor(w) for w in word_ids], batch_first=True, padding_value=-1)
         n_words = max(len(s) for s in sentences)
-        best = self.model(ids_t, words_t, n_words).argmax(dim=-1)  # (B, W)
+        if "chars" in inspect.signature(self.model.forward).parameters:
+            logits = self.model(ids_t, words_t, n_words, encode_chars(sentences))
+        else:
+            logits = self.model(ids_t, words_t, n_words)
+        best = logits.argmax(dim=-1)  # (B, W)
         return [
             [self.tag_names[t] for t in row[: len(words)]]
             for row, words in zip(best.tolist(), sentences, strict=True)

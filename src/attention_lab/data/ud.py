@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from attention_lab.data.bert_tokenizer import BertTokenizer
+from attention_lab.data.chars import encode_chars
 from attention_lab.data.multi30k import download
 from attention_lab.data.text import TextDataModule
 from attention_lab.data.tokenizer import (
@@ -136,6 +137,7 @@ class TaggingBatch(NamedTuple):
     tags: Tensor  # (B, W) a tag index per word, IGNORE_INDEX for padding
     words: list[list[str]]
     unseen: Tensor  # (B, W) True where the word's form never occurs in the training split
+    chars: Tensor | None = None  # (B, W, L) each word's characters (data/chars.py)
 
 
 # One sentence: pieces, word index per piece, tags, words, and which words training never saw.
@@ -179,7 +181,7 @@ class TaggingDataset(Dataset):
 
 def collate_tagged(items: list[TaggedItem], pad_id: int = PAD_ID) -> TaggingBatch:
     """Pad pieces with ``pad_id`` (word -1), tags with ``IGNORE_INDEX`` and ``unseen`` with
-    False."""
+    False; spell the words out (``chars``) for the models that read characters."""
     ids, word_ids, tags, words, unseen = zip(*items, strict=True)
     pad = torch.nn.utils.rnn.pad_sequence
     return TaggingBatch(
@@ -188,6 +190,7 @@ def collate_tagged(items: list[TaggedItem], pad_id: int = PAD_ID) -> TaggingBatc
         tags=pad(list(tags), batch_first=True, padding_value=IGNORE_INDEX),  # (B, W)
         words=list(words),
         unseen=pad(list(unseen), batch_first=True, padding_value=False),  # (B, W)
+        chars=encode_chars(words),  # (B, W, L)
     )
 
 

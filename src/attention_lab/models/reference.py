@@ -5,7 +5,8 @@ commands, and are called as the transformer models they stand beside, so that a 
 transformer and its published baselines can be put on the recipe or on the pipeline:
 
 - ``BiLSTMTagger``: pieces -> embeddings -> a bidirectional LSTM -> pieces pooled into words ->
-  a tag per word; the recurrent tagger of Plank et al. (2016), without its character model.
+  a tag per word; the recurrent tagger of Plank et al. (2016), whose character model is a
+  character CNN per word here (``chars`` > 0, shared with ``TransformerTagger``).
 - ``CNNTextClassifier``: Kim's (2014) sentence CNN ("CNN-rand": embeddings learned from scratch,
   filters of widths 3, 4 and 5, max-over-time pooling, dropout, one linear layer).
 
@@ -26,7 +27,8 @@ from attention_lab.models.text import WORD_POOLINGS, WordTagger
 class BiLSTMEncoder(nn.Module):
     """Token ids (B, T) -> embeddings -> ``n_layers`` bidirectional LSTM layers -> (B, T, E),
     E = 2 * ``hidden``. Padding (``pad_id``, at the end of each row) is left out of both
-    directions (packed sequences), so a row's states do not depend on the batch it is in."""
+    directions (packed sequences), so a row's states do not depend on the batch it is in.
+    torch.compile runs it in pieces: Dynamo breaks its graph at RNN modules and packing."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class BiLSTMEncoder(nn.Module):
         )
         self.max_len = max_len
         self.pad_id = pad_id
+        self.d_input = d_emb
         self.d_model = 2 * hidden
         self.embedding = nn.Embedding(vocab_size, d_emb, padding_idx=pad_id)
         self.lstm = nn.LSTM(
@@ -57,10 +60,14 @@ class BiLSTMEncoder(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        """ids: (B, T) -> (B, T, 2 * hidden); zeros at padding."""
+    def forward(self, ids: Tensor, extra: Tensor | None = None) -> Tensor:
+        """ids: (B, T) -> (B, T, 2 * hidden); zeros at padding. ``extra`` (B, T, d_emb), if
+        given, is added to the embeddings (a tagger's spelling features)."""
         lengths = (ids != self.pad_id).sum(dim=1).clamp_min(1)  # (B,)
-        x = self.dropout(self.embedding(ids))  # (B, T, d_emb)
+        x = self.embedding(ids)  # (B, T, d_emb)
+        if extra is not None:
+            x = x + extra
+        x = self.dropout(x)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         states, _ = self.lstm(packed)
         states, _ = pad_packed_sequence(states, batch_first=True, total_length=ids.size(1))
@@ -74,11 +81,13 @@ class BiLSTMTagger(WordTagger):
     ``settings`` are ``BiLSTMEncoder``'s keyword arguments (vocab_size, max_len, hidden, ...).
     """
 
-    def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings) -> None:
+    def __init__(
+        self, *, num_tags: int, word_pooling: str = "first", chars: int = 0, **settings
+    ) -> None:
         check_choice("word_pooling", word_pooling, WORD_POOLINGS)
         check_positive(num_tags=num_tags)
         encoder = BiLSTMEncoder(**settings)
-        super().__init__(encoder, num_tags=num_tags, word_pooling=word_pooling)
+        super().__init__(encoder, num_tags=num_tags, word_pooling=word_pooling, chars=chars)
 
 
 class CNNTextClassifier(nn.Module):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attention_lab.data.chars import CHAR_PAD, CHAR_VOCAB_SIZE
 from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import POSITIONAL_KINDS, alibi_bias, build_positional
@@ -50,7 +51,7 @@ class TextEncoder(nn.Module):
         check_positive(vocab_size=vocab_size, max_len=max_len)
         self.pad_id = pad_id
         self.max_len = max_len
-        self.d_model = d_model = spec.d_model
+        self.d_model = self.d_input = d_model = spec.d_model
         # With N(0, 1/d_model) weights, scaling by sqrt(d_model) makes embeddings unit-scale,
         # like the positions they are added to (as in Seq2SeqTransformer).
         self.embed_scale = math.sqrt(d_model)
@@ -66,10 +67,14 @@ class TextEncoder(nn.Module):
         self.dropout = nn.Dropout(spec.dropout)
         self.encoder = Encoder(spec)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        """ids: (B, T) -> (B, T, E); padding positions are never attended to."""
+    def forward(self, ids: Tensor, extra: Tensor | None = None) -> Tensor:
+        """ids: (B, T) -> (B, T, E); padding positions are never attended to. ``extra``
+        (B, T, E), if given, is added to the scaled embeddings (a tagger's spelling features)."""
         padding = ids == self.pad_id  # (B, T), True = padding
-        x = self.dropout(self.positional(self.embedding(ids) * self.embed_scale))  # (B, T, E)
+        x = self.embedding(ids) * self.embed_scale  # (B, T, E)
+        if extra is not None:
+            x = x + extra
+        x = self.dropout(self.positional(x))  # (B, T, E)
         bias = None
         if self.alibi_heads:  # the same distance bias for every sentence: (B*H, T, T)
             bias = alibi_bias(self.alibi_heads, ids.size(1), ids.device).to(x.dtype)
@@ -91,28 +96,78 @@ def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (B, W, T)
 
 
-class WordTagger(nn.Module):
-    """Pieces -> ``text_encoder`` (ids (B, T) -> states (B, T, E), with ``d_model`` and
-    ``max_len``) -> pieces pooled into words -> a tag's logits per word."""
+class CharWordEncoder(nn.Module):
+    """A word's spelling: its characters (``data/chars.py``'s ids) -> embeddings -> a
+    convolution over ``width`` neighbouring characters -> ReLU -> the maximum over the word
+    (the character CNN of Ma and Hovy, 2016): (B, W, L) -> (B, W, features)."""
 
-    def __init__(self, text_encoder: nn.Module, *, num_tags: int, word_pooling: str) -> None:
+    def __init__(self, features: int, *, d_char: int = 32, width: int = 3) -> None:
+        super().__init__()
+        check_positive(chars=features)
+        self.embedding = nn.Embedding(CHAR_VOCAB_SIZE, d_char, padding_idx=CHAR_PAD)
+        self.conv = nn.Conv1d(d_char, features, width, padding=width // 2)
+
+    def forward(self, chars: Tensor) -> Tensor:
+        """chars: (B, W, L) -> (B, W, features); zeros for padding words."""
+        batch, words, length = chars.shape
+        flat = chars.reshape(batch * words, length)  # (B*W, L)
+        x = self.embedding(flat).transpose(1, 2)  # (B*W, d_char, L)
+        maps = torch.relu(self.conv(x))  # (B*W, F, L); ReLU >= 0, so 0 masks padding
+        maps = maps.masked_fill((flat == CHAR_PAD)[:, None, :], 0.0)
+        return maps.amax(dim=2).reshape(batch, words, -1)  # (B, W, F)
+
+
+class WordTagger(nn.Module):
+    """Pieces -> ``text_encoder`` (ids (B, T) -> states (B, T, E), with ``d_model``,
+    ``d_input`` and ``max_len``) -> pieces pooled into words -> a tag's logits per word.
+
+    With ``chars`` > 0 it reads each word's spelling too: a ``CharWordEncoder`` of that many
+    features per word, projected to the encoder's input width and added to the embedding of
+    every piece of the word, so the encoder sees it in context (as a BiLSTM tagger's word and
+    character vectors enter its recurrence together).
+    """
+
+    def __init__(
+        self, text_encoder: nn.Module, *, num_tags: int, word_pooling: str, chars: int = 0
+    ) -> None:
         super().__init__()
         self.word_pooling = word_pooling
         self.text_encoder = text_encoder
         self.head = nn.Linear(text_encoder.d_model, num_tags)
+        self.char_encoder = CharWordEncoder(chars) if chars else None
+        self.char_projection = nn.Linear(chars, text_encoder.d_input) if chars else None
 
     @property
     def max_len(self) -> int:
         """Most pieces (with <cls>) a sentence may have."""
         return self.text_encoder.max_len
 
-    def forward(self, ids: Tensor, word_ids: Tensor, n_words: int | None = None) -> Tensor:
-        """ids, word_ids: (B, T) -> logits (B, W, num_tags), W = ``n_words`` or the most words."""
+    def forward(
+        self,
+        ids: Tensor,
+        word_ids: Tensor,
+        n_words: int | None = None,
+        chars: Tensor | None = None,
+    ) -> Tensor:
+        """ids, word_ids: (B, T) -> logits (B, W, num_tags), W = ``n_words`` or the most words.
+        chars: (B, W', L) the words' characters, needed with ``chars`` > 0 (W' >= any word)."""
         if n_words is None:
             n_words = int(word_ids.max().item()) + 1
-        x = self.text_encoder(ids)  # (B, T, E)
+        x = self.text_encoder(ids, self._spelling(word_ids, chars))  # (B, T, E)
         pool = word_pooling_matrix(word_ids, n_words, self.word_pooling)  # (B, W, T)
         return self.head(pool @ x)  # (B, W, num_tags)
+
+    def _spelling(self, word_ids: Tensor, chars: Tensor | None) -> Tensor | None:
+        """(B, T, D): each piece's word's spelling features, zeros for <cls> and padding."""
+        if self.char_encoder is None:
+            return None
+        if chars is None:
+            raise ValueError(
+                "this tagger reads its words' characters (model.chars > 0): pass chars"
+            )
+        words = self.char_projection(self.char_encoder(chars))  # (B, W', D)
+        index = word_ids.clamp_min(0)[..., None].expand(-1, -1, words.size(-1))  # (B, T, D)
+        return words.gather(1, index) * (word_ids >= 0)[..., None].to(words.dtype)  # (B, T, D)
 
 
 class TransformerTagger(WordTagger):
@@ -121,10 +176,13 @@ class TransformerTagger(WordTagger):
     ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
     """
 
-    def __init__(self, *, num_tags: int, word_pooling: str = "first", **settings: Any) -> None:
+    def __init__(
+        self, *, num_tags: int, word_pooling: str = "first", chars: int = 0, **settings: Any
+    ) -> None:
         check_choice("word_pooling", word_pooling, WORD_POOLINGS)
         check_positive(num_tags=num_tags)
-        super().__init__(TextEncoder(**settings), num_tags=num_tags, word_pooling=word_pooling)
+        encoder = TextEncoder(**settings)
+        super().__init__(encoder, num_tags=num_tags, word_pooling=word_pooling, chars=chars)
 
 
 class TransformerTextClassifier(nn.Module):

@@ -163,6 +163,7 @@ class TokenClassificationTask(_TextTask):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(net, optimizer, scheduler, num_tags, label_smoothing)
+        self.takes_chars = "chars" in inspect.signature(net.forward).parameters
         self.val_f1 = MulticlassF1Score(num_tags, average="macro", ignore_index=IGNORE_INDEX)
         self.test_f1 = MulticlassF1Score(num_tags, average="macro", ignore_index=IGNORE_INDEX)
         self.test_confusion = MulticlassConfusionMatrix(num_tags, ignore_index=IGNORE_INDEX)
@@ -170,13 +171,18 @@ class TokenClassificationTask(_TextTask):
             setattr(self, f"{split}_unseen_right", SumMetric())
             setattr(self, f"{split}_unseen_words", SumMetric())
 
-    def forward(self, ids: Tensor, word_ids: Tensor, n_words: int) -> Tensor:
-        """ids, word_ids: (B, T) -> logits (B, W, num_tags)."""
+    def forward(
+        self, ids: Tensor, word_ids: Tensor, n_words: int, chars: Tensor | None = None
+    ) -> Tensor:
+        """ids, word_ids: (B, T), chars (B, W, L) -> logits (B, W, num_tags). ``chars`` go to
+        the nets that read spelling (a ``chars`` argument), and only to them."""
+        if self.takes_chars:
+            return self.net(ids, word_ids, n_words, chars)
         return self.net(ids, word_ids, n_words)
 
     def _outputs(self, batch: Sequence) -> tuple[Tensor, Tensor, Tensor]:
         ids, word_ids, tags = batch[0], batch[1], batch[2]
-        logits = self(ids, word_ids, tags.size(1)).flatten(0, 1)  # (B*W, K)
+        logits = self(ids, word_ids, tags.size(1), _chars(batch)).flatten(0, 1)  # (B*W, K)
         targets = tags.flatten()  # (B*W,)
         return self._loss(logits, targets), logits, targets
 
@@ -246,7 +252,7 @@ class TokenClassificationTask(_TextTask):
         rows = word_pooling_matrix(units, n_units, "mean")  # (N, W+1, T)
         columns = (rows > 0).float()  # (N, W+1, T)
         with keep_attention_weights(self.net) as blocks:
-            self.net(ids, word_ids, n_units - 1)
+            self(ids, word_ids, n_units - 1, _chars(batch))
             layers = [block.attention_weights for block in blocks]  # each (N, H, T, T)
         labels = [["<cls>", *w] + [""] * (n_units - 1 - len(w)) for w in words]
         maps = []
@@ -300,6 +306,11 @@ class SequenceClassificationTask(_TextTask):
         return AttentionSnapshot(
             [AttentionMap(f"layer{i}", w, labels, labels) for i, w in enumerate(layers)]
         )
+
+
+def _chars(batch: Sequence) -> Tensor | None:
+    """A tagging batch's words spelt out (B, W, L), or None for a batch without them."""
+    return batch[5] if len(batch) > 5 else None
 
 
 def _padding(batch: Sequence) -> Tensor:
