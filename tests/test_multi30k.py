@@ -59,6 +59,16 @@ def test_tokenizer_round_trips_text(kind: str) -> None:
     assert tokenizer.pieces("vor dem Haus.")[-1] == "."
 
 
+def test_word_tokenizer_keeps_words_whole_and_the_commonest() -> None:
+    texts = ["the cat sat on the mat .", "the dog did n't sit ."]
+    tokenizer = SubwordTokenizer.train(texts, kind="word", vocab_size=10, cls_token=True)
+    assert tokenizer.vocab_size == 10  # 5 specials and the 5 commonest words
+    assert tokenizer.pieces("the .") == ["▁the", "▁."]
+    assert tokenizer.encode("the zebra")[1] == UNK_ID
+    pieces = tokenizer.encode_words(["the", "did", "n't", "zebra"])
+    assert pieces.word_ids == [0, 1, 2, 3]  # one id per word, known or not
+
+
 def test_tokenizer_training_is_repeatable_and_survives_json() -> None:
     texts = [de for de, _ in phrase_pairs()]
     first = SubwordTokenizer.train(texts, kind="bpe", vocab_size=100)

@@ -34,7 +34,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
 CLS_TOKEN = "<cls>"
 CLS_ID = len(SPECIAL_TOKENS)  # 4, in the tokenizers trained with ``cls_token=True``
-TOKENIZER_KINDS = ("bpe", "unigram")
+TOKENIZER_KINDS = ("bpe", "unigram", "word")
 WORD_START = "▁"  # Metaspace's marker of a word's start
 
 
@@ -63,8 +63,10 @@ class SubwordTokenizer:
     def train(
         cls, texts: Sequence[str], *, kind: str, vocab_size: int, cls_token: bool = False
     ) -> SubwordTokenizer:
-        """Learn a ``kind`` ("bpe" or "unigram") vocabulary of at most ``vocab_size`` pieces;
-        ``cls_token`` adds <cls> (id ``CLS_ID``) to the special tokens.
+        """Learn a ``kind`` ("bpe", "unigram" or "word") vocabulary of at most ``vocab_size``
+        pieces; ``cls_token`` adds <cls> (id ``CLS_ID``) to the special tokens. "word" keeps
+        whole words as the text separates them by spaces, the ``vocab_size`` most frequent, the
+        rest <unk>: the input of the classic word-level models.
 
         A small corpus can give fewer pieces than asked for; ``vocab_size`` tells how many.
         """
@@ -73,6 +75,11 @@ class SubwordTokenizer:
         if kind == "bpe":
             tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
             trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size, special_tokens=specials, show_progress=False
+            )
+        elif kind == "word":
+            tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+            trainer = trainers.WordLevelTrainer(
                 vocab_size=vocab_size, special_tokens=specials, show_progress=False
             )
         else:
@@ -84,9 +91,10 @@ class SubwordTokenizer:
                 show_progress=False,
             )
         tokenizer.normalizer = normalizers.NFC()
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()]
-        )
+        splits = [pre_tokenizers.Metaspace()]
+        if kind != "word":  # subwords never cross punctuation; words keep theirs ("n't")
+            splits.append(pre_tokenizers.Punctuation())
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(splits)
         tokenizer.decoder = decoders.Metaspace()
         tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
         return cls(tokenizer)
