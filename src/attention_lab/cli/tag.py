@@ -13,7 +13,6 @@ tokenizer and the tag names are read from the checkpoint, so no data is needed.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from attention_lab.data.chars import encode_chars
 from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
 from attention_lab.data.ud import encode_sentences
 from attention_lab.errors import ConfigError
+from attention_lab.models.text import reads_spelling
 
 SETTINGS = ("ckpt", "config")
 
@@ -61,7 +61,7 @@ class Tagger:
         ids_t = pad([torch.tensor(i) for i in ids], batch_first=True, padding_value=pad_id)
         words_t = pad([torch.tensor(w) for w in word_ids], batch_first=True, padding_value=-1)
         n_words = max(len(s) for s in sentences)
-        if "chars" in inspect.signature(self.model.forward).parameters:
+        if reads_spelling(self.model):
             logits = self.model(ids_t, words_t, n_words, encode_chars(sentences))
         else:
             logits = self.model(ids_t, words_t, n_words)

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from attention_lab.errors import check_choice, check_positive
-from attention_lab.models.text import WORD_POOLINGS, WordTagger
+from attention_lab.errors import check_positive
+from attention_lab.models.text import WordTagger
 
 
 class BiLSTMEncoder(nn.Module):
@@ -84,8 +84,6 @@ class BiLSTMTagger(WordTagger):
     def __init__(
         self, *, num_tags: int, word_pooling: str = "first", chars: int = 0, **settings
     ) -> None:
-        check_choice("word_pooling", word_pooling, WORD_POOLINGS)
-        check_positive(num_tags=num_tags)
         encoder = BiLSTMEncoder(**settings)
         super().__init__(encoder, num_tags=num_tags, word_pooling=word_pooling, chars=chars)
 

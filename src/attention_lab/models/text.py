@@ -10,6 +10,7 @@ piece (as BERT does); ``"mean"`` off the mean of all its pieces, which sees a su
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -82,6 +83,11 @@ class TextEncoder(nn.Module):
         return self.encoder(x, key_padding_mask=padding, attn_mask=bias)  # (B, T, E)
 
 
+def reads_spelling(net: nn.Module) -> bool:
+    """Whether a tagger's ``forward`` takes its words' characters (``chars``)."""
+    return "chars" in inspect.signature(net.forward).parameters
+
+
 def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
     """(B, T) word index per piece (-1: none) -> (B, W, T) weights that average pieces into words.
 
@@ -131,6 +137,8 @@ class WordTagger(nn.Module):
         self, text_encoder: nn.Module, *, num_tags: int, word_pooling: str, chars: int = 0
     ) -> None:
         super().__init__()
+        check_choice("word_pooling", word_pooling, WORD_POOLINGS)
+        check_positive(num_tags=num_tags)
         self.word_pooling = word_pooling
         self.text_encoder = text_encoder
         self.head = nn.Linear(text_encoder.d_model, num_tags)
@@ -179,8 +187,6 @@ class TransformerTagger(WordTagger):
     def __init__(
         self, *, num_tags: int, word_pooling: str = "first", chars: int = 0, **settings: Any
     ) -> None:
-        check_choice("word_pooling", word_pooling, WORD_POOLINGS)
-        check_positive(num_tags=num_tags)
         encoder = TextEncoder(**settings)
         super().__init__(encoder, num_tags=num_tags, word_pooling=word_pooling, chars=chars)
 

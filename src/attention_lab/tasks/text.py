@@ -29,7 +29,7 @@ from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.tokenizer import PAD_ID
 from attention_lab.data.ud import IGNORE_INDEX
 from attention_lab.models.bert import Bert
-from attention_lab.models.text import word_pooling_matrix
+from attention_lab.models.text import reads_spelling, word_pooling_matrix
 from attention_lab.nn.blocks import keep_attention_weights
 from attention_lab.optim import OptimizerFactory, SchedulerFactory
 from attention_lab.run.checkpoints import PRETRAINED_ARCHITECTURE_KEY
@@ -163,7 +163,7 @@ class TokenClassificationTask(_TextTask):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(net, optimizer, scheduler, num_tags, label_smoothing)
-        self.takes_chars = "chars" in inspect.signature(net.forward).parameters
+        self.takes_chars = reads_spelling(net)
         self.val_f1 = MulticlassF1Score(num_tags, average="macro", ignore_index=IGNORE_INDEX)
         self.test_f1 = MulticlassF1Score(num_tags, average="macro", ignore_index=IGNORE_INDEX)
         self.test_confusion = MulticlassConfusionMatrix(num_tags, ignore_index=IGNORE_INDEX)
