@@ -10,18 +10,28 @@ transformer and its published baselines can be put on the recipe or on the pipel
 - ``CNNTextClassifier``: Kim's (2014) sentence CNN ("CNN-rand": embeddings learned from scratch,
   filters of widths 3, 4 and 5, max-over-time pooling, dropout, one linear layer).
 
+Both take ``word_dropout`` as the transformers do (``models/text.py``).
+
 Neither has attention: ``model.attention`` is not one of their settings, and their runs'
 records say ``none``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from attention_lab.data.tokenizer import UNK_ID
 from attention_lab.errors import check_positive
-from attention_lab.models.text import WordTagger
+from attention_lab.models.text import (
+    WordTagger,
+    check_word_dropout,
+    drop_pieces,
+    split_tagging_settings,
+)
 
 
 class BiLSTMEncoder(nn.Module):
@@ -78,14 +88,13 @@ class BiLSTMTagger(WordTagger):
     """Pieces -> ``BiLSTMEncoder`` -> pieces pooled into words -> a tag's logits per word; called
     as ``TransformerTagger``: ``(ids, word_ids, n_words)``.
 
-    ``settings`` are ``BiLSTMEncoder``'s keyword arguments (vocab_size, max_len, hidden, ...).
+    ``settings``: ``WordTagger``'s tagging keywords (``TAGGING_KEYS``) and ``BiLSTMEncoder``'s
+    (vocab_size, max_len, hidden, ...).
     """
 
-    def __init__(
-        self, *, num_tags: int, word_pooling: str = "first", chars: int = 0, **settings
-    ) -> None:
-        encoder = BiLSTMEncoder(**settings)
-        super().__init__(encoder, num_tags=num_tags, word_pooling=word_pooling, chars=chars)
+    def __init__(self, *, num_tags: int, **settings: Any) -> None:
+        tagging, encoder = split_tagging_settings(settings)
+        super().__init__(BiLSTMEncoder(**encoder), num_tags=num_tags, **tagging)
 
 
 class CNNTextClassifier(nn.Module):
@@ -103,15 +112,20 @@ class CNNTextClassifier(nn.Module):
         widths: tuple[int, ...] = (3, 4, 5),
         n_filters: int = 100,
         dropout: float = 0.5,
+        word_dropout: float = 0.0,
         pad_id: int = 0,
+        unk_id: int = UNK_ID,
     ) -> None:
         super().__init__()
         check_positive(vocab_size=vocab_size, max_len=max_len, d_emb=d_emb, n_filters=n_filters)
+        check_word_dropout(word_dropout)
         check_positive(**{f"widths[{i}]": width for i, width in enumerate(widths)})
         if num_classes <= 1:
             raise ValueError(f"num_classes={num_classes} must be at least 2")
         self.max_len = max_len
         self.pad_id = pad_id
+        self.unk_id = unk_id
+        self.word_dropout = word_dropout
         self.embedding = nn.Embedding(vocab_size, d_emb, padding_idx=pad_id)
         self.convs = nn.ModuleList(nn.Conv1d(d_emb, n_filters, int(w)) for w in widths)
         self.dropout = nn.Dropout(dropout)
@@ -119,6 +133,8 @@ class CNNTextClassifier(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, T), <cls> first -> logits (B, num_classes)."""
+        if self.training and self.word_dropout:
+            ids = drop_pieces(ids, self.word_dropout, self.unk_id, self.pad_id)
         # Windows start at every real position, the last ones reaching into padding (zero
         # embeddings), whatever padding the batch adds: a sentence scores alike in any batch.
         widest = max(conv.kernel_size[0] for conv in self.convs)

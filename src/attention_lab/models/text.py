@@ -3,6 +3,10 @@
 Both put a linear head on ``TextEncoder``: embeddings scaled by sqrt(d_model) plus positions,
 then the shared ``Encoder``, with padding (``pad_id``) masked as keys. The data prepends <cls>.
 
+``word_dropout`` (training only) turns whole words into <unk> (``unk_id``) at random, as the
+classic taggers do (Kiperwasser and Goldberg, 2016; Plank et al., 2016): the model must then
+tag, or judge, from context and spelling, which is all it has for a word training never saw.
+
 A tagger labels words, not pieces. ``word_pooling="first"`` reads a word's tag off its first
 piece (as BERT does); ``"mean"`` off the mean of all its pieces, which sees a suffix such as
 "-ts" in "▁cour ts" directly. Either way there is exactly one output per word.
@@ -18,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from attention_lab.data.chars import CHAR_PAD, CHAR_VOCAB_SIZE
+from attention_lab.data.tokenizer import UNK_ID
 from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.blocks import Encoder, EncoderSpec
 from attention_lab.nn.positional import POSITIONAL_KINDS, alibi_bias, build_positional
@@ -88,6 +93,30 @@ def reads_spelling(net: nn.Module) -> bool:
     return "chars" in inspect.signature(net.forward).parameters
 
 
+def check_word_dropout(word_dropout: float) -> None:
+    """``word_dropout`` is a probability below 1 (1 would leave no word to learn from)."""
+    if not 0.0 <= word_dropout < 1.0:
+        raise ValueError(f"word_dropout={word_dropout} must be in [0, 1)")
+
+
+def drop_words(ids: Tensor, word_ids: Tensor, p: float, unk_id: int) -> Tensor:
+    """Word dropout: every piece of a word becomes ``unk_id`` when the word is dropped, each
+    word with probability ``p``. ids, word_ids: (B, T), word_ids -1 for pieces of no word
+    (<cls>, padding), which stay as they are. Returns new ids (B, T)."""
+    # Every word has a piece, so its index is below T: one draw per index covers them all.
+    dropped = torch.rand(ids.shape, device=ids.device) < p  # (B, T): word w dropped?
+    hit = dropped.gather(1, word_ids.clamp_min(0)) & (word_ids >= 0)  # (B, T)
+    return ids.masked_fill(hit, unk_id)
+
+
+def drop_pieces(ids: Tensor, p: float, unk_id: int, pad_id: int) -> Tensor:
+    """Word dropout for a sentence classifier: each piece becomes ``unk_id`` with probability
+    ``p``; the first token (<cls>) and padding stay. ids: (B, T) -> new ids (B, T)."""
+    hit = (torch.rand(ids.shape, device=ids.device) < p) & (ids != pad_id)  # (B, T)
+    hit[:, 0] = False
+    return ids.masked_fill(hit, unk_id)
+
+
 def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
     """(B, T) word index per piece (-1: none) -> (B, W, T) weights that average pieces into words.
 
@@ -123,6 +152,16 @@ class CharWordEncoder(nn.Module):
         return maps.amax(dim=2).reshape(batch, words, -1)  # (B, W, F)
 
 
+TAGGING_KEYS = ("word_pooling", "chars", "word_dropout", "unk_id")
+
+
+def split_tagging_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A tagger's keywords -> (``WordTagger``'s, its text encoder's)."""
+    tagging = {key: value for key, value in settings.items() if key in TAGGING_KEYS}
+    encoder = {key: value for key, value in settings.items() if key not in TAGGING_KEYS}
+    return tagging, encoder
+
+
 class WordTagger(nn.Module):
     """Pieces -> ``text_encoder`` (ids (B, T) -> states (B, T, E), with ``d_model``,
     ``d_input`` and ``max_len``) -> pieces pooled into words -> a tag's logits per word.
@@ -130,16 +169,27 @@ class WordTagger(nn.Module):
     With ``chars`` > 0 it reads each word's spelling too: a ``CharWordEncoder`` of that many
     features per word, projected to the encoder's input width and added to the embedding of
     every piece of the word, so the encoder sees it in context (as a BiLSTM tagger's word and
-    character vectors enter its recurrence together).
+    character vectors enter its recurrence together). In training, ``word_dropout`` replaces
+    a word's pieces, not its spelling, by <unk>.
     """
 
     def __init__(
-        self, text_encoder: nn.Module, *, num_tags: int, word_pooling: str, chars: int = 0
+        self,
+        text_encoder: nn.Module,
+        *,
+        num_tags: int,
+        word_pooling: str = "first",
+        chars: int = 0,
+        word_dropout: float = 0.0,
+        unk_id: int = UNK_ID,
     ) -> None:
         super().__init__()
         check_choice("word_pooling", word_pooling, WORD_POOLINGS)
         check_positive(num_tags=num_tags)
+        check_word_dropout(word_dropout)
         self.word_pooling = word_pooling
+        self.word_dropout = word_dropout
+        self.unk_id = unk_id
         self.text_encoder = text_encoder
         self.head = nn.Linear(text_encoder.d_model, num_tags)
         self.char_encoder = CharWordEncoder(chars) if chars else None
@@ -161,6 +211,8 @@ class WordTagger(nn.Module):
         chars: (B, W', L) the words' characters, needed with ``chars`` > 0 (W' >= any word)."""
         if n_words is None:
             n_words = int(word_ids.max().item()) + 1
+        if self.training and self.word_dropout:
+            ids = drop_words(ids, word_ids, self.word_dropout, self.unk_id)
         x = self.text_encoder(ids, self._spelling(word_ids, chars))  # (B, T, E)
         pool = word_pooling_matrix(word_ids, n_words, self.word_pooling)  # (B, W, T)
         return self.head(pool @ x)  # (B, W, num_tags)
@@ -181,14 +233,13 @@ class WordTagger(nn.Module):
 class TransformerTagger(WordTagger):
     """Pieces -> ``TextEncoder`` -> pieces pooled into words -> a tag's logits per word.
 
-    ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
+    ``settings``: ``WordTagger``'s tagging keywords (``TAGGING_KEYS``) and ``TextEncoder``'s
+    (vocab_size, max_len, d_model, ...).
     """
 
-    def __init__(
-        self, *, num_tags: int, word_pooling: str = "first", chars: int = 0, **settings: Any
-    ) -> None:
-        encoder = TextEncoder(**settings)
-        super().__init__(encoder, num_tags=num_tags, word_pooling=word_pooling, chars=chars)
+    def __init__(self, *, num_tags: int, **settings: Any) -> None:
+        tagging, encoder = split_tagging_settings(settings)
+        super().__init__(TextEncoder(**encoder), num_tags=num_tags, **tagging)
 
 
 class TransformerTextClassifier(nn.Module):
@@ -197,12 +248,23 @@ class TransformerTextClassifier(nn.Module):
     ``settings`` are ``TextEncoder``'s keyword arguments (vocab_size, max_len, d_model, ...).
     """
 
-    def __init__(self, *, num_classes: int = 2, pooling: str = "cls", **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int = 2,
+        pooling: str = "cls",
+        word_dropout: float = 0.0,
+        unk_id: int = UNK_ID,
+        **settings: Any,
+    ) -> None:
         super().__init__()
         check_choice("pooling", pooling, SENTENCE_POOLINGS)
+        check_word_dropout(word_dropout)
         if num_classes <= 1:
             raise ValueError(f"num_classes={num_classes} must be at least 2")
         self.pooling = pooling
+        self.word_dropout = word_dropout
+        self.unk_id = unk_id
         self.text_encoder = TextEncoder(**settings)
         self.head = nn.Linear(self.text_encoder.d_model, num_classes)
 
@@ -213,6 +275,8 @@ class TransformerTextClassifier(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, T), <cls> first -> logits (B, num_classes)."""
+        if self.training and self.word_dropout:
+            ids = drop_pieces(ids, self.word_dropout, self.unk_id, self.text_encoder.pad_id)
         x = self.text_encoder(ids)  # (B, T, E)
         if self.pooling == "cls":
             return self.head(x[:, 0])  # (B, num_classes)
