@@ -29,6 +29,20 @@ from omegaconf import DictConfig, open_dict
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+# The suite runs in pytest-xdist workers (``-n auto`` in pyproject.toml): each takes its share
+# of the cores, so that workers do not fight over threads; the subprocesses they start too.
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` (pyproject.toml): one worker per core, as pytest-xdist decides, but one
+    process for the GPU tests (``-m gpu``), which share one device and time it."""
+    marks = config.getoption("markexpr") or ""
+    return 0 if "gpu" in marks and "not gpu" not in marks else None
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Where triton is not installed (it ships with PyTorch's Linux wheels only), every test
