@@ -7,6 +7,7 @@ import os
 import time
 
 import lightning as L
+import torch
 
 
 class SlowDown(L.Callback):
@@ -58,3 +59,16 @@ class RecordParameterChange(L.Callback):
         changed = {n: not bool(p.eq(after[n]).all()) for n, p in self.before.items()}
         with open(self.path, "w") as file:
             json.dump(changed, file)
+
+
+class SaveTrainingWeights(L.Callback):
+    """Save the task's weights at the end of each training epoch to ``folder/epochN.pt``: the
+    weights training goes on from (after validation, whatever it evaluated)."""
+
+    def __init__(self, *, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
+        torch.save(weights, os.path.join(self.folder, f"epoch{trainer.current_epoch}.pt"))
