@@ -103,4 +103,3 @@ class AverageLastEpochs(L.Callback):
         self._sum = dict(state_dict["sum"])
         self._count = int(state_dict["count"])
         self._last_epoch = int(state_dict["last_epoch"])
-
