@@ -122,6 +122,14 @@ def test_output_projection_is_tied_to_the_target_embedding() -> None:
     assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in untied.parameters())
 
 
+def test_shared_embeddings_are_one_matrix_for_both_languages_and_the_output() -> None:
+    shared = _model(share_embeddings=True)
+    assert shared.src_embedding.weight is shared.tgt_embedding.weight is shared.to_logits.weight
+    assert _model().src_embedding.weight is not _model().tgt_embedding.weight
+    with pytest.raises(ValueError, match=r"src_vocab_size=20 and tgt_vocab_size=30 \(set data"):
+        _model(share_embeddings=True, tgt_vocab_size=30)
+
+
 def test_beam_search_of_width_one_is_greedy_decoding() -> None:
     torch.manual_seed(0)
     model = _model(vocab=12)

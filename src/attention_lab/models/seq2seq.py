@@ -32,9 +32,10 @@ class Seq2SeqTransformer(nn.Module):
     """Embeddings + positions -> N encoder blocks; embeddings + positions -> N decoder blocks
     attending to the encoder output -> linear projection to target-vocabulary logits.
 
-    ``tie_embeddings`` shares the target embedding matrix with the output projection
-    ("we share the same weight matrix between the two embedding layers and the pre-softmax
-    linear transformation", section 3.4).
+    ``tie_embeddings`` shares the target embedding matrix with the output projection;
+    ``share_embeddings`` the source embedding with the target's too, for one vocabulary of both
+    languages: the paper's three-way sharing ("we share the same weight matrix between the two
+    embedding layers and the pre-softmax linear transformation", section 3.4).
 
     ``stacks``: ``EncoderSpec`` fields over ``SEQ2SEQ_ENCODER``, for the encoder and the decoder
     alike; its ``dropout`` also drops out the embedded tokens.
@@ -48,6 +49,7 @@ class Seq2SeqTransformer(nn.Module):
         positional: str = "sinusoidal",
         max_len: int = 256,
         tie_embeddings: bool = True,
+        share_embeddings: bool = False,
         pad_id: int = 0,
         **stacks: Any,
     ) -> None:
@@ -62,8 +64,16 @@ class Seq2SeqTransformer(nn.Module):
         # "In the embedding layers, we multiply those weights by sqrt(d_model)" (3.4): with the
         # N(0, 1/d_model) initialisation below, embeddings enter with unit scale, like positions.
         self.embed_scale = math.sqrt(d_model)
+        if share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError(
+                f"share_embeddings=True needs one vocabulary for both languages, but "
+                f"src_vocab_size={src_vocab_size} and tgt_vocab_size={tgt_vocab_size} "
+                f"(set data.shared_vocab=true)"
+            )
         self.src_embedding = nn.Embedding(src_vocab_size, d_model)
-        self.tgt_embedding = nn.Embedding(tgt_vocab_size, d_model)
+        self.tgt_embedding = (
+            self.src_embedding if share_embeddings else nn.Embedding(tgt_vocab_size, d_model)
+        )
         self.src_positional = build_positional(positional, d_model=d_model, max_len=max_len)
         self.tgt_positional = build_positional(positional, d_model=d_model, max_len=max_len)
         self.dropout = nn.Dropout(spec.dropout)
@@ -74,7 +84,7 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder_norm = final_norm(spec)
         self.to_logits = nn.Linear(d_model, tgt_vocab_size, bias=False)
 
-        for embedding in (self.src_embedding, self.tgt_embedding):
+        for embedding in dict.fromkeys((self.src_embedding, self.tgt_embedding)):  # once each
             nn.init.normal_(embedding.weight, std=d_model**-0.5)
         if tie_embeddings:
             self.to_logits.weight = self.tgt_embedding.weight
