@@ -10,6 +10,7 @@ from urllib.error import URLError
 import pytest
 import torch
 
+import attention_lab.data.download as download
 import attention_lab.data.multi30k as multi30k
 from attention_lab.bleu import SIGNATURES, CorpusBLEU
 from attention_lab.data.batching import BucketBatchSampler
@@ -164,7 +165,7 @@ def test_missing_data_offline_names_the_folder_and_the_setting(
     def no_network(*args, **kwargs):
         raise URLError("Name or service not known")
 
-    monkeypatch.setattr(multi30k, "download", no_network)
+    monkeypatch.setattr(download, "download", no_network)
     with pytest.raises(DataNotFoundError) as info:
         Multi30kDataModule(data_dir=str(tmp_path / "empty")).prepare_data()
     message = str(info.value)
@@ -185,7 +186,7 @@ def test_missing_files_are_downloaded_and_present_ones_used(
         fetched.append(url)
         shutil.copy(stash / Path(url).name, destination)
 
-    monkeypatch.setattr(multi30k, "download", fake_download)
+    monkeypatch.setattr(download, "download", fake_download)
     _datamodule(own_tiny_multi30k)
     assert fetched == [f"{multi30k.MULTI30K_URL}/val.en.gz"]
 

@@ -159,7 +159,7 @@ def test_missing_data_offline_names_the_setting(tmp_path: Path, monkeypatch) -> 
     def offline(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr("attention_lab.data.ud.download", offline)
+    monkeypatch.setattr("attention_lab.data.download.download", offline)
     monkeypatch.setattr("attention_lab.data.sst2._fetch", offline)
     with pytest.raises(DataNotFoundError, match=r"data\.data_dir=.*DATA_DIR") as err:
         UDDataModule(data_dir=str(tmp_path)).prepare_data()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from attention_lab.data.batching import SplitsDataModule
+from attention_lab.data.download import download_missing
 from attention_lab.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -35,7 +35,7 @@ from attention_lab.data.tokenizer import (
     fingerprint,
     load_or_train,
 )
-from attention_lab.errors import ConfigError, DataFormatError, DataNotFoundError
+from attention_lab.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +54,16 @@ def split_file(folder: Path, split: str, lang: str) -> Path:
     return folder / f"{SPLIT_FILES[split]}.{lang}.gz"
 
 
-def download(url: str, destination: Path, timeout_s: float = 30.0) -> None:
-    """Fetch ``url`` into ``destination``, via a partial file so a failed fetch leaves nothing."""
-    partial = destination.with_name(destination.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        partial.write_bytes(response.read())
-    partial.replace(destination)
-
-
 def ensure_multi30k(data_dir: str | Path, langs: Sequence[str]) -> Path:
     """Use the files in ``data_dir/multi30k``, downloading the missing ones; returns the folder."""
     folder = multi30k_folder(data_dir)
-    missing = [
-        split_file(folder, split, lang)
-        for split in SPLIT_FILES
-        for lang in langs
-        if not split_file(folder, split, lang).is_file()
-    ]
-    for path in missing:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            download(f"{MULTI30K_URL}/{path.name}", path)
-            log.info("Downloaded %s", path)
-        except OSError as err:  # URLError, timeouts and unwritable folders are all OSErrors
-            raise DataNotFoundError(
-                f"Multi30k is not complete in {folder.resolve()} ({path.name} is missing) and "
-                f"could not be downloaded from {MULTI30K_URL} ({err}). Put the files "
-                f"{{train,val,test_2016_flickr}}.{{{','.join(langs)}}}.gz there, or point "
-                f"data.data_dir=... (or the DATA_DIR environment variable) at a folder that "
-                f"has multi30k/."
-            ) from err
+    files = [split_file(folder, split, lang) for split in SPLIT_FILES for lang in langs]
+    download_missing(
+        [(f"{MULTI30K_URL}/{path.name}", path) for path in files],
+        name="Multi30k",
+        folder=folder,
+        expected=f"{{train,val,test_2016_flickr}}.{{{','.join(langs)}}}.gz",
+    )
     return folder
 
 

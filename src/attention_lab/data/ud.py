@@ -31,13 +31,13 @@ from torch.utils.data import Dataset
 
 from attention_lab.data.bert_tokenizer import BertTokenizer
 from attention_lab.data.chars import encode_chars
-from attention_lab.data.multi30k import download
+from attention_lab.data.download import download_missing
 from attention_lab.data.text import TextDataModule
 from attention_lab.data.tokenizer import (
     PAD_ID,
     SubwordTokenizer,
 )
-from attention_lab.errors import ConfigError, DataFormatError, DataNotFoundError
+from attention_lab.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -259,23 +259,13 @@ class UDDataModule(TextDataModule):
         return gzipped if gzipped.is_file() else self.folder / name
 
     def prepare_data(self) -> None:
-        for split in SPLITS:
-            path = self.split_file(split)
-            if path.is_file():
-                continue
-            url = UD_URL.format(treebank=self.treebank, name=path.name)
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                download(url, path)
-                log.info("Downloaded %s", path)
-            except OSError as err:  # URLError, timeouts and unwritable folders are all OSErrors
-                raise DataNotFoundError(
-                    f"{self.treebank} is not complete in {self.folder.resolve()} ({path.name} is "
-                    f"missing) and could not be downloaded from {url} ({err}). Put the files "
-                    f"{self.file_prefix}-ud-{{train,dev,test}}.conllu[.gz] there, or point "
-                    f"data.data_dir=... (or the DATA_DIR environment variable) at a folder "
-                    f"that has {self.folder.name}/."
-                ) from err
+        files = [self.split_file(split) for split in SPLITS]
+        download_missing(
+            [(UD_URL.format(treebank=self.treebank, name=path.name), path) for path in files],
+            name=self.treebank,
+            folder=self.folder,
+            expected=f"{self.file_prefix}-ud-{{train,dev,test}}.conllu[.gz]",
+        )
         self.tokenizer  # noqa: B018  (trained or loaded here, once)
         for split in SPLITS:
             self.sentences(split)  # fail early on bad files
