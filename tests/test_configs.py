@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from attention_lab.callbacks.averaging import AverageLastEpochs
 from attention_lab.nn.attention import PORTABLE_KINDS
 from attention_lab.run.records import NO_ATTENTION
-from attention_lab.run.training import train
+from attention_lab.run.training import build_callbacks, build_model, train
 from tests.conftest import CONF_DIR, ComposeFn, TinyDataFn, run_train_py
 
 # Groups whose every option is composed by itself; experiment and debug are run below.
@@ -88,17 +89,29 @@ def test_there_are_experiments() -> None:
 # BERT checkpoint instead of its real one (no network, seconds not minutes).
 # Without CUDA, scratch_triton runs in Triton's interpreter (one Python pass per program of the
 # kernel's grid), so its step takes batches of 2 (minutes with the experiment's own sizes).
+# The variants that experiment headers and the README name run a step too.
 EXPERIMENT_STEPS = [
     *((e, _attention_of(e), ()) for e in _experiments()),
     *(("mnist_encoder", kind, ()) for kind in PORTABLE_KINDS if kind != "scratch"),
     ("mnist_encoder", "scratch_triton", ("data.batch_size=2", "data.eval_batch_size=2")),
+    (
+        "ud_pos_transformer",
+        "scratch",
+        ("model.positional=alibi", "model.chars=64", "model.word_dropout=0.25"),
+    ),
+    ("ud_pos_bilstm", NO_ATTENTION, ("model.chars=64",)),
+    ("sst2_transformer", "scratch", ("model.word_dropout=0.2",)),
+    ("sst2_minilm_course", "scratch", ("model.pooling=mean",)),
 ]
 
 
 @pytest.mark.parametrize(
     ("experiment", "attention", "overrides"),
     EXPERIMENT_STEPS,
-    ids=[f"{experiment}-{attention}" for experiment, attention, _ in EXPERIMENT_STEPS],
+    ids=[
+        "-".join((experiment, attention, *overrides))
+        for experiment, attention, overrides in EXPERIMENT_STEPS
+    ],
 )
 def test_every_experiment_runs_a_step(
     compose_config: ComposeFn,
@@ -128,6 +141,23 @@ def test_every_experiment_runs_a_step(
     metrics = train(cfg)
     assert metrics["attention"] == attention
     assert 0.0 <= metrics["test"][metric] <= top
+
+
+def test_multi30k_with_shared_embeddings_and_averaging_builds(compose_config: ComposeFn) -> None:
+    """The levers #31 tries on Multi30k, as their overrides build them (a step of Multi30k is
+    the filed experiment's above; these change no step, only which weights are tied or kept)."""
+    cfg = compose_config(
+        "experiment=multi30k_transformer",
+        "model.share_embeddings=true",
+        "callbacks.average_last_epochs.epochs=5",
+        "model.src_vocab_size=50",
+        "model.tgt_vocab_size=50",
+        "model.max_len=16",
+    )
+    net = build_model(cfg)
+    assert net.src_embedding.weight is net.tgt_embedding.weight is net.to_logits.weight
+    averaging = [c for c in build_callbacks(cfg) if isinstance(c, AverageLastEpochs)]
+    assert [c.epochs for c in averaging] == [5]
 
 
 def test_optuna_search_composes_over_lr_depth_and_width(compose_config: ComposeFn) -> None:
