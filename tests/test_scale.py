@@ -27,7 +27,14 @@ def test_masked_softmax_stays_finite_in_half_precision(dtype: torch.dtype) -> No
 def _tiny_run_settings(experiment: str, tiny_mnist: Path, tiny_multi30k: Path) -> dict:
     """Overrides and data folder for a one-layer run of ``experiment`` on the tiny data sets."""
     if experiment == "multi30k_transformer":
-        overrides = ["data.vocab_size=200", "model.d_model=32", "model.n_heads=4"]
+        # An untrained translator decodes to its length limit: 3 tokens more than the source,
+        # not 50 (each new length a step of the decoder, compiled or not).
+        overrides = [
+            "data.vocab_size=200",
+            "model.d_model=32",
+            "model.n_heads=4",
+            "task.max_extra_len=3",
+        ]
         return {"overrides": overrides, "data_dir": tiny_multi30k}
     return {"overrides": ["data.val_size=56", "model.d_model=16"], "data_dir": tiny_mnist}
 
