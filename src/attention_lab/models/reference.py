@@ -26,12 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attention_lab.data.tokenizer import UNK_ID
 from attention_lab.errors import check_positive
-from attention_lab.models.text import (
-    WordTagger,
-    check_word_dropout,
-    drop_pieces,
-    split_tagging_settings,
-)
+from attention_lab.models.text import WordDropout, WordTagger, split_tagging_settings
 
 
 class BiLSTMEncoder(nn.Module):
@@ -118,14 +113,12 @@ class CNNTextClassifier(nn.Module):
     ) -> None:
         super().__init__()
         check_positive(vocab_size=vocab_size, max_len=max_len, d_emb=d_emb, n_filters=n_filters)
-        check_word_dropout(word_dropout)
         check_positive(**{f"widths[{i}]": width for i, width in enumerate(widths)})
         if num_classes <= 1:
             raise ValueError(f"num_classes={num_classes} must be at least 2")
         self.max_len = max_len
         self.pad_id = pad_id
-        self.unk_id = unk_id
-        self.word_dropout = word_dropout
+        self.word_dropout = WordDropout(word_dropout, unk_id=unk_id, pad_id=pad_id)
         self.embedding = nn.Embedding(vocab_size, d_emb, padding_idx=pad_id)
         self.convs = nn.ModuleList(nn.Conv1d(d_emb, n_filters, int(w)) for w in widths)
         self.dropout = nn.Dropout(dropout)
@@ -133,8 +126,7 @@ class CNNTextClassifier(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, T), <cls> first -> logits (B, num_classes)."""
-        if self.training and self.word_dropout:
-            ids = drop_pieces(ids, self.word_dropout, self.unk_id, self.pad_id)
+        ids = self.word_dropout(ids)  # training only
         # Windows start at every real position, the last ones reaching into padding (zero
         # embeddings), whatever padding the batch adds: a sentence scores alike in any batch.
         widest = max(conv.kernel_size[0] for conv in self.convs)

@@ -93,12 +93,6 @@ def reads_spelling(net: nn.Module) -> bool:
     return "chars" in inspect.signature(net.forward).parameters
 
 
-def check_word_dropout(word_dropout: float) -> None:
-    """``word_dropout`` is a probability below 1 (1 would leave no word to learn from)."""
-    if not 0.0 <= word_dropout < 1.0:
-        raise ValueError(f"word_dropout={word_dropout} must be in [0, 1)")
-
-
 def drop_words(ids: Tensor, word_ids: Tensor, p: float, unk_id: int) -> Tensor:
     """Word dropout: every piece of a word becomes ``unk_id`` when the word is dropped, each
     word with probability ``p``. ids, word_ids: (B, T), word_ids -1 for pieces of no word
@@ -115,6 +109,32 @@ def drop_pieces(ids: Tensor, p: float, unk_id: int, pad_id: int) -> Tensor:
     hit = (torch.rand(ids.shape, device=ids.device) < p) & (ids != pad_id)  # (B, T)
     hit[:, 0] = False
     return ids.masked_fill(hit, unk_id)
+
+
+class WordDropout(nn.Module):
+    """Word dropout as a layer, like ``nn.Dropout``: in training, each word (all its pieces, given
+    ``word_ids``; else each piece but the first, <cls>) becomes ``unk_id`` with probability
+    ``p``, padding never; in evaluation the ids pass unchanged. ``p`` is below 1 (1 would leave
+    no word to learn from)."""
+
+    def __init__(self, p: float = 0.0, *, unk_id: int = UNK_ID, pad_id: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"word_dropout={p} must be in [0, 1)")
+        self.p = p
+        self.unk_id = unk_id
+        self.pad_id = pad_id
+
+    def forward(self, ids: Tensor, word_ids: Tensor | None = None) -> Tensor:
+        """ids (and word_ids, -1 for pieces of no word): (B, T) -> ids (B, T)."""
+        if not self.training or not self.p:
+            return ids
+        if word_ids is None:
+            return drop_pieces(ids, self.p, self.unk_id, self.pad_id)
+        return drop_words(ids, word_ids, self.p, self.unk_id)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, unk_id={self.unk_id}"
 
 
 def word_pooling_matrix(word_ids: Tensor, n_words: int, pooling: str) -> Tensor:
@@ -186,10 +206,8 @@ class WordTagger(nn.Module):
         super().__init__()
         check_choice("word_pooling", word_pooling, WORD_POOLINGS)
         check_positive(num_tags=num_tags)
-        check_word_dropout(word_dropout)
         self.word_pooling = word_pooling
-        self.word_dropout = word_dropout
-        self.unk_id = unk_id
+        self.word_dropout = WordDropout(word_dropout, unk_id=unk_id)
         self.text_encoder = text_encoder
         self.head = nn.Linear(text_encoder.d_model, num_tags)
         self.char_encoder = CharWordEncoder(chars) if chars else None
@@ -211,8 +229,7 @@ class WordTagger(nn.Module):
         chars: (B, W', L) the words' characters, needed with ``chars`` > 0 (W' >= any word)."""
         if n_words is None:
             n_words = int(word_ids.max().item()) + 1
-        if self.training and self.word_dropout:
-            ids = drop_words(ids, word_ids, self.word_dropout, self.unk_id)
+        ids = self.word_dropout(ids, word_ids)  # training only
         x = self.text_encoder(ids, self._spelling(word_ids, chars))  # (B, T, E)
         pool = word_pooling_matrix(word_ids, n_words, self.word_pooling)  # (B, W, T)
         return self.head(pool @ x)  # (B, W, num_tags)
@@ -259,13 +276,12 @@ class TransformerTextClassifier(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("pooling", pooling, SENTENCE_POOLINGS)
-        check_word_dropout(word_dropout)
         if num_classes <= 1:
             raise ValueError(f"num_classes={num_classes} must be at least 2")
         self.pooling = pooling
-        self.word_dropout = word_dropout
-        self.unk_id = unk_id
         self.text_encoder = TextEncoder(**settings)
+        pad_id = self.text_encoder.pad_id
+        self.word_dropout = WordDropout(word_dropout, unk_id=unk_id, pad_id=pad_id)
         self.head = nn.Linear(self.text_encoder.d_model, num_classes)
 
     @property
@@ -275,9 +291,7 @@ class TransformerTextClassifier(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, T), <cls> first -> logits (B, num_classes)."""
-        if self.training and self.word_dropout:
-            ids = drop_pieces(ids, self.word_dropout, self.unk_id, self.text_encoder.pad_id)
-        x = self.text_encoder(ids)  # (B, T, E)
+        x = self.text_encoder(self.word_dropout(ids))  # (B, T, E); word dropout in training
         if self.pooling == "cls":
             return self.head(x[:, 0])  # (B, num_classes)
         keep = (ids != self.text_encoder.pad_id).unsqueeze(-1).float()  # (B, T, 1)
