@@ -20,16 +20,15 @@ def download(url: str, destination: Path, timeout_s: float = 30.0) -> None:
     partial.replace(destination)
 
 
-def download_missing(
-    files: Iterable[tuple[str, Path]], *, name: str, folder: Path, expected: str
-) -> None:
-    """Download each ``(url, path)`` whose file is not there yet, into ``folder``. One that
-    cannot be had (no network, an unwritable folder: all ``OSError``) is one
-    ``DataNotFoundError`` naming the data set (``name``), the folder, the ``expected`` files
-    and the settings that point elsewhere."""
+def download_missing(files: Iterable[tuple[str, Path]], *, name: str, expected: str) -> None:
+    """Download each ``(url, path)`` whose file is not there yet. One that cannot be had (no
+    network, an unwritable folder: all ``OSError``) is one ``DataNotFoundError`` naming the
+    data set (``name``), the file's folder, the ``expected`` files and the settings that point
+    elsewhere."""
     for url, path in files:
         if path.is_file():
             continue
+        folder = path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
             download(url, path)

@@ -61,7 +61,6 @@ def ensure_multi30k(data_dir: str | Path, langs: Sequence[str]) -> Path:
     download_missing(
         [(f"{MULTI30K_URL}/{path.name}", path) for path in files],
         name="Multi30k",
-        folder=folder,
         expected=f"{{train,val,test_2016_flickr}}.{{{','.join(langs)}}}.gz",
     )
     return folder

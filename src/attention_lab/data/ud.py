@@ -263,7 +263,6 @@ class UDDataModule(TextDataModule):
         download_missing(
             [(UD_URL.format(treebank=self.treebank, name=path.name), path) for path in files],
             name=self.treebank,
-            folder=self.folder,
             expected=f"{self.file_prefix}-ud-{{train,dev,test}}.conllu[.gz]",
         )
         self.tokenizer  # noqa: B018  (trained or loaded here, once)
