@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from attention_lab.cli.report import main as report_main
 from attention_lab.errors import ConfigError
+from attention_lab.results.recipes import RECIPE_FILE, read_recipe
 from attention_lab.results.table import (
     BEGIN,
     END,
@@ -17,6 +20,7 @@ from attention_lab.results.table import (
     load_records,
     readme_agrees,
     results_table,
+    stale,
     update_readme,
     variants_table,
 )
@@ -230,3 +234,58 @@ def test_the_command_names_the_experiment_file_not_a_renamed_run(tmp_path: Path)
         "`python train.py experiment=vit_mnist_course model.softmax_before_loss=false "
         "model.attention=scratch seed=2`" in row
     )
+
+
+def test_every_record_s_command_still_makes_its_run() -> None:
+    """Fails when an experiment file's defaults changed under committed records: restate what
+    they ran in their recipe.yaml (attention_lab.results.recipes)."""
+    assert stale(load_records(REPO_ROOT / "outputs" / "results"), CONF_DIR) == []
+
+
+def _composed_run(path: Path, conf: Path, overrides: list[str], acc: float) -> Path:
+    """A finished run of the default experiment whose config is ``overrides`` composed."""
+    _fake_run(path, "scratch", 0, acc, experiment="default")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        OmegaConf.save(compose("train", overrides), path / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
+    return path
+
+
+def test_a_changed_default_is_found_and_a_restated_recipe_keeps_the_record_true(
+    tmp_path: Path,
+) -> None:
+    conf, results = tmp_path / "conf", tmp_path / "results"
+    shutil.copytree(CONF_DIR, conf)
+    old = _composed_run(tmp_path / "old", conf, ["seed=0"], 0.98)
+    new = _composed_run(tmp_path / "new", conf, ["model.d_ff=256", "seed=0"], 0.99)
+    kept_old, kept_new = keep(old, results), keep(new, results)
+    assert stale(load_records(results), conf) == []
+
+    # The experiment takes the better recipe: the old record's command no longer makes it.
+    model_file = conf / "model" / "encoder_classifier.yaml"
+    model_file.write_text(model_file.read_text().replace("d_ff: 128", "d_ff: 256"))
+    (problem,) = stale(load_records(results), conf)
+    assert str(kept_old) in problem and "model.d_ff: ran 128, now 256" in problem
+    assert RECIPE_FILE in problem
+
+    # Each record restates its recipe against today's file: the old one becomes a variant, the
+    # new one (which restated what is now the default) the experiment as filed.
+    (kept_old / RECIPE_FILE).write_text("overrides: [model.d_ff=128]\n")
+    (kept_new / RECIPE_FILE).write_text("overrides: []\n")
+    records = load_records(results)
+    assert stale(records, conf) == []
+    assert "`python train.py model.attention=scratch seed=0` |" in results_table(records)
+    variant = variants_table(records).splitlines()[2]
+    assert variant.startswith("| default | model.d_ff=128 | scratch | test/acc | 98.00% | 1 |")
+    assert "| −1.00 (n=1) | `python train.py model.d_ff=128 model.attention=scratch seed=0` |" in (
+        variant
+    )
+
+
+@pytest.mark.parametrize("text", ["overrides: model.d_ff=128\n", "overrides: [d_ff]\n"])
+def test_a_recipe_file_that_is_not_a_list_of_settings_is_one_clear_error(
+    tmp_path: Path, text: str
+) -> None:
+    (tmp_path / RECIPE_FILE).write_text(text)
+    with pytest.raises(ConfigError, match="overrides must be a list of key=value settings"):
+        read_recipe(tmp_path)

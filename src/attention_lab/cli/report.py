@@ -3,7 +3,8 @@
 
 Also ``python -m attention_lab.cli.report keep RUN_DIR [...]`` (keep a finished run's record in
 ``outputs/results/``) and ``python -m attention_lab.cli.report --results [--check]`` (rewrite, or
-check, README.md's results table from those records): see ``attention_lab.results.table``.
+check, README.md's results table from those records, and with ``--check`` that each command still
+makes its run): see ``attention_lab.results.table`` and ``attention_lab.results.recipes``.
 """
 
 from __future__ import annotations
@@ -50,15 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.results:
             conf_dir = args.readme.parent / "conf"
             if args.check:
-                if table.readme_agrees(args.readme, args.results_dir, conf_dir):
-                    print(f"{args.readme}: the results table agrees with {args.results_dir}")
-                    return 0
-                print(
-                    f"{args.readme}: the results table disagrees with {args.results_dir}; "
-                    f"run python -m attention_lab.cli.report --results",
-                    file=sys.stderr,
-                )
-                return 1
+                return _check(args.readme, args.results_dir, conf_dir)
             changed = table.update_readme(args.readme, args.results_dir, conf_dir)
             print(f"{args.readme}: results table {'rewritten' if changed else 'unchanged'}")
             return 0
@@ -69,6 +62,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"Report: {report}")
+    return 0
+
+
+def _check(readme: Path, results_dir: Path, conf_dir: Path) -> int:
+    """0 when README's table is the one the records give and every command still makes its
+    run with today's configs (those beside the README, when there); else 1, saying what
+    disagrees."""
+    records = table.load_records(results_dir)
+    stale = table.stale(records, conf_dir) if conf_dir.is_dir() else []
+    for line in stale:
+        print(line, file=sys.stderr)
+    if not table.readme_agrees(readme, results_dir, conf_dir):
+        print(
+            f"{readme}: the results table disagrees with {results_dir}; "
+            f"run python -m attention_lab.cli.report --results",
+            file=sys.stderr,
+        )
+        return 1
+    if stale:
+        return 1
+    print(f"{readme}: the results table agrees with {results_dir}, and every command with its run")
     return 0
 
 

@@ -22,7 +22,9 @@ seed by seed (the paired difference: with the same seed most changes start from 
 weights and see the same batches). The test metric is the one the experiment's ``reported:``
 figure is in (else the test metric of the checkpoint monitor); a BLEU figure carries its
 SacreBLEU signature. Experiments in ``conf/experiment/`` without a record are named under the
-table, so a missing row is visible rather than silent.
+table, so a missing row is visible rather than silent. When an experiment file takes a new
+recipe, the records made before restate theirs in a ``recipe.yaml`` (``results.recipes``), and
+``--results --check`` fails for any record whose command no longer makes its run.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from omegaconf import OmegaConf
 
 from attention_lab.bleu import SIGNATURES
 from attention_lab.errors import ConfigError
+from attention_lab.results.recipes import read_recipe, stale_records
 from attention_lab.results.sweep import fmt_metric, mean_std
 from attention_lab.run.provenance import describe_machine, machine_class
 from attention_lab.run.records import (
@@ -106,14 +109,23 @@ class Record:
 
     run: Run
     overrides: list[str]
+    restated: list[str] | None = None  # its recipe.yaml, if any (``results.recipes``)
 
     @property
     def recipe(self) -> tuple[str, ...]:
         # The experiment is the row's name (and the command's first word); the rest is the recipe.
+        stated = self.overrides if self.restated is None else self.restated
         return tuple(
             o
-            for o in self.overrides
+            for o in stated
             if not _is_bookkeeping(o) and not o.startswith("experiment=") and o not in PLACEMENT
+        )
+
+    @property
+    def command(self) -> list[str]:
+        """The overrides of this run's README command (its own seed only)."""
+        return command_overrides(
+            self.experiment_file, self.recipe, self.run.attention, [self.run.seed], self.placement
         )
 
     @cached_property
@@ -182,8 +194,13 @@ def load_records(results_dir: Path = RESULTS_DIR) -> list[Record]:
         )
         run = load_run(run_dir)
         if run.test_value is not None:
-            records.append(Record(run, overrides))
+            records.append(Record(run, overrides, read_recipe(run_dir)))
     return records
+
+
+def stale(records: list[Record], conf_dir: Path) -> list[str]:
+    """The records whose README command no longer makes their run (``results.recipes``)."""
+    return stale_records([(r.run.path, r.command) for r in records], conf_dir)
 
 
 def _duration(seconds: float) -> str:
@@ -200,23 +217,26 @@ def _span(values: list[float], fmt: Callable[[float], str]) -> str:
     return low if low == high else f"{low} – {high}"
 
 
-def _command(
+def command_overrides(
     experiment: str,
     recipe: tuple[str, ...],
     attention: str,
     seeds: list,
     placement: tuple[str, ...] = (),
-) -> str:
-    words = ["python", "train.py"]
-    if len(seeds) > 1:
-        words.append("-m")
-    if experiment != "default":
-        words.append(f"experiment={experiment}")
+) -> list[str]:
+    """The overrides of the command that reproduces runs of ``seeds`` (a sweep over several)."""
+    words = [f"experiment={experiment}"] if experiment != "default" else []
     words += [*placement, *recipe]
     if attention != NO_ATTENTION:
         words.append(f"model.attention={attention}")
     words.append("seed=" + ",".join(str(s) for s in sorted(seeds)))
-    return " ".join(words)
+    return words
+
+
+def _command(overrides: list[str]) -> str:
+    """The command line of ``command_overrides``: a multirun when it sweeps seeds."""
+    sweep = ["-m"] if "," in overrides[-1] else []
+    return " ".join(["python", "train.py", *sweep, *overrides])
 
 
 def _score(values: list[float], metric: str) -> str:
@@ -276,11 +296,13 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
         ]
         machine = "; ".join(sorted(set(machines))) if machines else "–"
         command = _command(
-            members[0].experiment_file,
-            members[0].recipe,
-            attention,
-            [r.seed for r in runs],
-            members[0].placement,
+            command_overrides(
+                members[0].experiment_file,
+                members[0].recipe,
+                attention,
+                [r.seed for r in runs],
+                members[0].placement,
+            )
         )
         lines.append(
             f"| {experiment} | {attention} | {_shown_metric(metric)} | {_score(values, metric)} "
@@ -336,11 +358,13 @@ def variants_table(records: list[Record]) -> str:
         else:
             delta = "– (no record of the experiment with these seeds on this device)"
         command = _command(
-            experiment,
-            members[0].recipe,
-            attention,
-            [m.run.seed for m in members],
-            members[0].placement,
+            command_overrides(
+                experiment,
+                members[0].recipe,
+                attention,
+                [m.run.seed for m in members],
+                members[0].placement,
+            )
         )
         where = attention if machine == "cpu" else f"{attention} ({machine})"
         lines.append(
