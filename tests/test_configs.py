@@ -97,7 +97,7 @@ EXPERIMENT_STEPS = [
     (
         "ud_pos_transformer",
         "scratch",
-        ("model.positional=alibi", "model.chars=64", "model.word_dropout=0.25"),
+        ("model.positional=sinusoidal", "model.chars=0", "model.word_dropout=0.0"),
     ),
     ("ud_pos_bilstm", NO_ATTENTION, ("model.chars=64",)),
     ("sst2_transformer", "scratch", ("model.word_dropout=0.2",)),

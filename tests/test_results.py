@@ -289,3 +289,22 @@ def test_a_recipe_file_that_is_not_a_list_of_settings_is_one_clear_error(
     (tmp_path / RECIPE_FILE).write_text(text)
     with pytest.raises(ConfigError, match="overrides must be a list of key=value settings"):
         read_recipe(tmp_path)
+
+
+def test_a_setting_added_since_the_run_counts_as_its_group_default(tmp_path: Path) -> None:
+    # A record from before model.pooling existed: its config has no such setting. The command
+    # still makes its run while the setting keeps its group file's default (how new settings
+    # keep the old behaviour), and no longer once its experiment file changes it.
+    conf, results = tmp_path / "conf", tmp_path / "results"
+    shutil.copytree(CONF_DIR, conf)
+    run = _composed_run(tmp_path / "old", conf, ["experiment=mnist_encoder", "seed=0"], 0.99)
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    del config.model["pooling"]
+    OmegaConf.save(config, run / ".hydra" / "config.yaml")
+    kept = keep(run, results)
+    assert stale(load_records(results), conf) == []
+
+    experiment = conf / "experiment" / "mnist_encoder.yaml"
+    experiment.write_text(experiment.read_text().replace("model:\n", "model:\n  pooling: cls\n"))
+    (problem,) = stale(load_records(results), conf)
+    assert str(kept) in problem and "model.pooling: ran 'mean', now 'cls'" in problem

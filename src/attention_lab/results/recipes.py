@@ -68,14 +68,33 @@ def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, node
 
 
-def differences(ran: dict, composed: dict) -> list[tuple[str, Any, Any]]:
-    """``(setting, ran, composed now)`` for each setting both configs have with other values."""
-    now = dict(_leaves(composed))
-    return [
-        (key, value, now[key])
-        for key, value in _leaves(ran)
-        if key in now and now[key] != value and not key.startswith(WHEREABOUTS)
+def differences(ran: dict, composed: dict, plain: dict) -> list[tuple[str, Any, Any]]:
+    """``(setting, ran, composed now)`` for each setting the command now makes otherwise than
+    the run had it. A setting added since the run (absent from ``ran``) is taken to have been
+    added as its group file's default (``plain``: the command's config groups without the
+    experiment file), which new settings keep to the old behaviour: the command must leave it
+    there."""
+    now, then, before = dict(_leaves(composed)), dict(_leaves(ran)), dict(_leaves(plain))
+    found = []
+    for key, value in now.items():
+        expected = then[key] if key in then else before.get(key, value)
+        if value != expected and not key.startswith(WHEREABOUTS):
+            found.append((key, expected, value))
+    return found
+
+
+def _compose(overrides: tuple[str, ...]) -> tuple[dict, dict]:
+    """The config ``overrides`` compose, and the plain config of the same config groups."""
+    composed = compose("train", list(overrides), return_hydra_config=True)
+    choices = OmegaConf.to_container(composed.hydra.runtime.choices)
+    groups = [
+        f"{group}={choice}"
+        for group, choice in choices.items()
+        if choice is not None and "/" not in group and group in composed
     ]
+    made = OmegaConf.to_container(composed)
+    del made["hydra"]
+    return made, OmegaConf.to_container(compose("train", groups))
 
 
 def stale_records(commands: list[tuple[Path, list[str]]], conf_dir: Path) -> list[str]:
@@ -84,14 +103,15 @@ def stale_records(commands: list[tuple[Path, list[str]]], conf_dir: Path) -> lis
     (empty when every command still makes its run). Interpolations are compared unresolved, so
     the seed, which the command takes from the record, is the one setting left aside."""
     problems = []
-    composed: dict[tuple[str, ...], dict] = {}  # the seed aside, records of a row share one
+    # The seed aside, the records of a row share one command: composed once.
+    composed: dict[tuple[str, ...], tuple[dict, dict]] = {}
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
         for run_dir, overrides in commands:
             unseeded = tuple(o for o in overrides if not o.startswith("seed="))
             if unseeded not in composed:
-                composed[unseeded] = OmegaConf.to_container(compose("train", list(unseeded)))
+                composed[unseeded] = _compose(unseeded)
             ran = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra/config.yaml"))
-            found = [d for d in differences(ran, composed[unseeded]) if d[0] != "seed"]
+            found = [d for d in differences(ran, *composed[unseeded]) if d[0] != "seed"]
             if found:
                 shown = ", ".join(f"{k}: ran {a!r}, now {b!r}" for k, a, b in found[:5])
                 problems.append(
