@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from attention_lab.cli.evaluate import evaluate, main
+from attention_lab.errors import ConfigError
 from attention_lab.run.training import train
 from tests.conftest import ComposeFn
 
@@ -49,3 +50,27 @@ def test_evaluate_command_takes_overrides_and_names_bad_settings(
     assert "ckpt=" in capsys.readouterr().err
     assert main([f"ckpt={ckpt}", "data.no_such_key=1"]) == 2
     assert "data.no_such_key" in capsys.readouterr().err
+
+
+def test_evaluate_on_the_validation_split_gets_the_run_s_validation_figures(
+    trained: tuple[dict, Path],
+) -> None:
+    metrics, run_dir = trained
+    best = Path(metrics["best_checkpoint"])
+    evaluated = evaluate(best, split="val")
+    assert set(evaluated["val"]) == {"val/loss", "val/acc"}
+    assert "test" not in evaluated
+    # The best checkpoint is the one with the best val/acc the run logged: the same figure.
+    assert evaluated["val"]["val/acc"] == pytest.approx(metrics["best_val"])
+    written = json.loads((run_dir / f"evaluate-{best.stem}-val" / "metrics.json").read_text())
+    assert written["val"] == evaluated["val"]
+
+
+def test_evaluate_names_a_bad_split_and_a_run_without_validation(
+    trained: tuple[dict, Path],
+) -> None:
+    _, run_dir = trained
+    with pytest.raises(ConfigError, match=r"^split='dev' is not a split to evaluate on"):
+        evaluate(run_dir / "checkpoints" / "last.ckpt", split="dev")
+    with pytest.raises(ConfigError, match=r"^split=val: this run has no validation split"):
+        evaluate(run_dir / "checkpoints" / "last.ckpt", ["data.val_size=0"], split="val")

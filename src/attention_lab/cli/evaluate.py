@@ -3,13 +3,17 @@
 
     python -m attention_lab.cli.evaluate ckpt=outputs/runs/DATE/TIME/checkpoints/epoch009.ckpt
     python -m attention_lab.cli.evaluate ckpt=PATH data.data_dir=/data trainer.accelerator=cpu
+    python -m attention_lab.cli.evaluate ckpt=PATH split=val task.length_penalty=1.0
 
 Builds the model, task, data and trainer from the run's own config (``.hydra/config.yaml`` of
 the run directory that holds ``checkpoints/``, or ``config=FILE``), with any ``key=value``
 overrides of it, and runs ``Trainer.test`` on the checkpoint: the test a run does at its end,
 so the figures are the ones that run wrote. Prints and writes ``metrics.json`` (the test
 metrics, the checkpoint, the provenance, and for BLEU the SacreBLEU signatures) into
-``out=DIR``, by default ``<run dir>/evaluate-<checkpoint name>/``.
+``out=DIR``, by default ``<run dir>/evaluate-<checkpoint name>/``. ``split=val`` runs the same
+loop over the validation split instead (figures named ``val/...``, default folder
+``evaluate-<checkpoint name>-val/``): settings that are not learned, such as the beam size and
+length penalty of a translation, are chosen there, never on the test set.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from attention_lab.run.training import (
 )
 from attention_lab.tasks.translation import TOKENIZERS_KEY
 
-SETTINGS = ("ckpt", "config", "out")
+SETTINGS = ("ckpt", "config", "out", "split")
+SPLITS = ("test", "val")
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -58,22 +63,28 @@ def evaluate(
     *,
     config: str | Path | None = None,
     out: str | Path | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Test ``ckpt`` with its run's config; returns (and writes) the metrics.
 
     It holds the lock (``run.lock``) of the folder it writes into: of the run directory when
     that folder lies inside it (the default), so a run still training is not written into."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not a split to evaluate on; choose test or val")
     ckpt = checkpoint_file(ckpt)  # before the lock: its run directory comes from it
     run_dir = ckpt.resolve().parent.parent
-    out_dir = Path(out) if out else run_dir / f"evaluate-{ckpt.stem}"
+    suffix = "" if split == "test" else f"-{split}"
+    out_dir = Path(out) if out else run_dir / f"evaluate-{ckpt.stem}{suffix}"
     inside = out_dir.resolve().is_relative_to(run_dir)
     with run_lock(run_dir if inside else out_dir, "out"):
         checkpoint, cfg = load_trained(ckpt, config)
         cfg = apply_overrides(cfg, overrides or [])
-        return _evaluate(checkpoint, cfg, ckpt, out_dir)
+        return _evaluate(checkpoint, cfg, ckpt, out_dir, split)
 
 
-def _evaluate(checkpoint: dict[str, Any], cfg: DictConfig, ckpt: Path, out_dir: Path) -> dict:
+def _evaluate(
+    checkpoint: dict[str, Any], cfg: DictConfig, ckpt: Path, out_dir: Path, split: str
+) -> dict:
     cfg.paths.output_dir = str(out_dir)
     cfg.ckpt_path = None  # the run's own resume setting, if any, is not ours
     validate(cfg)
@@ -91,7 +102,13 @@ def _evaluate(checkpoint: dict[str, Any], cfg: DictConfig, ckpt: Path, out_dir: 
         cfg.trainer, "trainer", logger=False, enable_checkpointing=False
     )
 
+    if split == "val":  # the test loop, over the validation split
+        datamodule.setup("validate")
+        if isinstance(datamodule.val_dataloader(), list):
+            raise ConfigError("split=val: this run has no validation split (data.val_size=0)")
+        datamodule.test_dataloader = datamodule.val_dataloader
     results = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    figures = {f"{split}/{k.split('/', 1)[1]}": float(v) for k, v in (results or [{}])[0].items()}
     metrics = {
         "experiment": cfg.get("experiment_name"),
         "model": cfg.model._target_,
@@ -99,10 +116,10 @@ def _evaluate(checkpoint: dict[str, Any], cfg: DictConfig, ckpt: Path, out_dir: 
         "seed": cfg.seed,
         "params": count_parameters(net),
         "checkpoint": str(ckpt.resolve()),
-        "test": {k: float(v) for k, v in (results[0] if results else {}).items()},
+        split: figures,
         "provenance": provenance(),
     }
-    if any(key.endswith(("/bleu", "/bleu_lc")) for key in metrics["test"]):
+    if any(key.endswith(("/bleu", "/bleu_lc")) for key in figures):
         metrics["bleu_signatures"] = SIGNATURES
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(out_dir, metrics)
@@ -124,7 +141,7 @@ def _check_tokenizers(checkpoint: dict[str, Any], datamodule: Any, ckpt: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: ``ckpt=``, ``config=``, ``out=`` and config overrides."""
+    """Command-line entry: ``ckpt=``, ``config=``, ``out=``, ``split=`` and config overrides."""
     args = sys.argv[1:] if argv is None else argv
     settings = {}
     overrides = []
@@ -140,13 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "ckpt" not in settings:
             raise ConfigError("ckpt=PATH is required (a checkpoint in a run's checkpoints/)")
+        split = settings.get("split", "test")
         metrics = evaluate(
-            settings["ckpt"], overrides, config=settings.get("config"), out=settings.get("out")
+            settings["ckpt"],
+            overrides,
+            config=settings.get("config"),
+            out=settings.get("out"),
+            split=split,
         )
     except AttentionLabError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    print(json.dumps(metrics["test"], indent=2))
+    print(json.dumps(metrics[split], indent=2))
     return 0
 
 
