@@ -70,10 +70,10 @@ def test_classify_loads_a_pretrained_body_run_without_its_files(
     sentences = ["a gorgeous , witty film", "awful", "an ugly , stupid film"]
     results = classifier(sentences)
     assert [label for label, _ in results] == [
-        classifier.labels[i] for i in _task_logits(checkpoint, classifier, sentences).argmax(-1)
+        classifier.names[i] for i in _task_logits(checkpoint, classifier, sentences).argmax(-1)
     ]
     assert all(0.5 <= p <= 1.0 for _, p in results)
-    assert classifier.classify_lines(["awful"])[0].split("\t")[0] in classifier.labels
+    assert classifier.classify_lines(["awful"])[0].split("\t")[0] in classifier.names
 
 
 def _task_logits(checkpoint: dict, classifier, sentences: list[str]) -> torch.Tensor:
@@ -106,7 +106,7 @@ def test_tag_and_evaluate_a_pretrained_body_tagger(
     tagger = load_tagger(metrics["best_checkpoint"])
     words = ["the", "old", "dog", "sees", "a", "witty", "boat", "."]
     (tags,) = tagger([words])
-    assert len(tags) == len(words) and set(tags) <= set(tagger.tag_names)
+    assert len(tags) == len(words) and set(tags) <= set(tagger.names)
     line = tagger.tag_lines(["the dog runs ."])[0]
     assert [pair.split("/")[0] for pair in line.split()] == ["the", "dog", "runs", "."]
 

@@ -16,37 +16,25 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from attention_lab.cli.common import load_text_run, max_positions, run_command
+from attention_lab.cli.common import TextPredictor, load_text_run, max_positions, run_command
 from attention_lab.data.bert_tokenizer import BertTokenizer
-from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
+from attention_lab.data.tokenizer import PAD_ID
 
 SETTINGS = ("ckpt", "config")
 
 
-class Classifier:
-    """A trained classifier: ``classifier(["a witty film"])`` -> [("positive", 0.93)]."""
+class Classifier(TextPredictor):
+    """A trained classifier: ``classifier(["a witty film"])`` -> [("positive", 0.93)], the label
+    and its probability per sentence (``names``: the labels); longer sentences than the model
+    takes are cut."""
 
-    def __init__(
-        self, model: nn.Module, tokenizer: SubwordTokenizer | BertTokenizer, labels: list[str]
-    ) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.labels = labels
-
-    @torch.no_grad()
-    def __call__(self, sentences: list[str], batch_size: int = 64) -> list[tuple[str, float]]:
-        """(label, probability) per sentence; sentences longer than the model takes are cut."""
-        results = []
-        for start in range(0, len(sentences), batch_size):
-            probs = self._logits(sentences[start : start + batch_size]).softmax(dim=-1)  # (B, K)
-            best = probs.max(dim=-1)
-            results += [
-                (self.labels[i], p)
-                for i, p in zip(best.indices.tolist(), best.values.tolist(), strict=True)
-            ]
-        return results
+    def _predict_batch(self, sentences: list[str]) -> list[tuple[str, float]]:
+        best = self._logits(sentences).softmax(dim=-1).max(dim=-1)  # over (B, K)
+        return [
+            (self.names[i], p)
+            for i, p in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+        ]
 
     def _logits(self, sentences: list[str]) -> torch.Tensor:
         """(B, K) for a batch: [CLS] pieces [SEP] with a pretrained tokenizer, else <cls> pieces."""

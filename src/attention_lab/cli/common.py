@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -84,6 +85,28 @@ def load_text_run(
     names = list(checkpoint[LABEL_NAMES_KEY])
     decided = SimpleNamespace(vocab_size=tokenizer.vocab_size, num_tags=len(names))
     return trained_net(checkpoint, cfg, decided), tokenizer, names
+
+
+class TextPredictor:
+    """A trained language model with its tokenizer and output names (labels or tags), run on
+    batches of sentences in eval mode: ``predictor(sentences)`` -> one prediction each."""
+
+    def __init__(
+        self, model: nn.Module, tokenizer: SubwordTokenizer | BertTokenizer, names: list[str]
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.names = names
+
+    @torch.no_grad()
+    def __call__(self, sentences: list, batch_size: int = 64) -> list:
+        predictions = []
+        for start in range(0, len(sentences), batch_size):
+            predictions += self._predict_batch(sentences[start : start + batch_size])
+        return predictions
+
+    def _predict_batch(self, sentences: list) -> list:
+        raise NotImplementedError
 
 
 def run_command(

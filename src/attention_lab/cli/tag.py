@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from attention_lab.cli.common import load_text_run, max_positions, run_command
-from attention_lab.data.bert_tokenizer import BertTokenizer
+from attention_lab.cli.common import TextPredictor, load_text_run, max_positions, run_command
 from attention_lab.data.chars import encode_chars
-from attention_lab.data.tokenizer import PAD_ID, SubwordTokenizer
+from attention_lab.data.tokenizer import PAD_ID
 from attention_lab.data.ud import encode_sentences
 from attention_lab.errors import ConfigError
 from attention_lab.models.text import reads_spelling
@@ -30,25 +28,11 @@ from attention_lab.models.text import reads_spelling
 SETTINGS = ("ckpt", "config")
 
 
-class Tagger:
-    """A trained tagger with its tokenizer: ``tagger([["The", "dog"]])`` -> [["DET", "NOUN"]]."""
+class Tagger(TextPredictor):
+    """A trained tagger with its tokenizer: ``tagger([["The", "dog"]])`` -> [["DET", "NOUN"]]
+    (``names``: the tag set)."""
 
-    def __init__(
-        self, model: nn.Module, tokenizer: SubwordTokenizer | BertTokenizer, tag_names: list[str]
-    ) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.tag_names = tag_names
-
-    @torch.no_grad()
-    def __call__(self, sentences: list[list[str]], batch_size: int = 64) -> list[list[str]]:
-        """A tag per word of each sentence."""
-        tags = []
-        for start in range(0, len(sentences), batch_size):
-            tags += self._tag_batch(sentences[start : start + batch_size])
-        return tags
-
-    def _tag_batch(self, sentences: list[list[str]]) -> list[list[str]]:
+    def _predict_batch(self, sentences: list[list[str]]) -> list[list[str]]:
         ids, word_ids = encode_sentences(self.tokenizer, sentences)
         max_len = max_positions(self.model)
         if too_long := [len(i) for i in ids if len(i) > max_len]:
@@ -67,7 +51,7 @@ class Tagger:
             logits = self.model(ids_t, words_t, n_words)
         best = logits.argmax(dim=-1)  # (B, W)
         return [
-            [self.tag_names[t] for t in row[: len(words)]]
+            [self.names[t] for t in row[: len(words)]]
             for row, words in zip(best.tolist(), sentences, strict=True)
         ]
 
