@@ -81,11 +81,17 @@ class TextEncoder(nn.Module):
         if extra is not None:
             x = x + extra
         x = self.dropout(self.positional(x))  # (B, T, E)
-        bias = None
-        if self.alibi_heads:  # the same distance bias for every sentence: (B*H, T, T)
-            bias = alibi_bias(self.alibi_heads, ids.size(1), ids.device).to(x.dtype)
-            bias = bias.repeat(ids.size(0), 1, 1)
-        return self.encoder(x, key_padding_mask=padding, attn_mask=bias)  # (B, T, E)
+        if not self.alibi_heads:
+            return self.encoder(x, key_padding_mask=padding)  # (B, T, E)
+        # ALiBi: the same distance bias for every sentence, with the padding folded in as -inf
+        # (one float mask: PyTorch's attention warns, and a compiled model breaks its graph, on a
+        # float attn_mask beside a boolean key_padding_mask).
+        batch_size, length = ids.shape
+        bias = alibi_bias(self.alibi_heads, length, ids.device).to(x.dtype)  # (H, T, T)
+        bias = bias.expand(batch_size, -1, -1, -1).masked_fill(
+            padding[:, None, None, :], float("-inf")
+        )  # (B, H, T, T)
+        return self.encoder(x, attn_mask=bias.reshape(-1, length, length))  # (B, T, E)
 
 
 def reads_spelling(net: nn.Module) -> bool:
