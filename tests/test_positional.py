@@ -9,6 +9,7 @@ import torch
 
 from attention_lab.nn.positional import (
     LearnedPositionalEncoding,
+    RelativePositionBias,
     SinusoidalPositionalEncoding,
     alibi_bias,
     alibi_slopes,
@@ -75,3 +76,33 @@ def test_alibi_bias_is_minus_slope_times_distance_both_ways() -> None:
     assert bias.diagonal(dim1=1, dim2=2).abs().max() == 0
     assert bias[0, 0, 3].item() == pytest.approx(-3 / 16)
     assert bias[1, 2, 0].item() == pytest.approx(-2 / 256)
+
+
+def test_relative_bias_starts_as_alibi_within_its_window_and_clips_beyond() -> None:
+    relative = RelativePositionBias(2, window=3)
+    bias = relative(6)  # (H, T, T)
+    assert bias.shape == (2, 6, 6)
+    alibi = alibi_bias(2, 6)
+    near = (torch.arange(6)[None, :] - torch.arange(6)[:, None]).abs() <= 3  # (T, T)
+    torch.testing.assert_close(bias[:, near], alibi[:, near])
+    # Offsets past the window share the bias of offset +-3: key 5 from query 0 is offset 5.
+    assert bias[0, 0, 5].item() == pytest.approx(alibi[0, 0, 3].item())
+    assert bias[1, 5, 0].item() == pytest.approx(alibi[1, 3, 0].item())
+
+
+def test_relative_bias_tells_left_from_right_once_learned() -> None:
+    relative = RelativePositionBias(1, window=2)
+    with torch.no_grad():
+        relative.bias.copy_(torch.tensor([[-2.0, -1.0, 0.0, 0.5, 3.0]]))  # offsets -2..2
+    bias = relative(4)[0]  # (T, T)
+    assert bias[1, 2].item() == 0.5  # key one to the right
+    assert bias[2, 1].item() == -1.0  # key one to the left
+    assert bias[0, 3].item() == 3.0  # offset 3, clipped to 2
+    # Gradients reach each offset's bias by how often it occurs: 4 on the diagonal.
+    relative(4).sum().backward()
+    torch.testing.assert_close(relative.bias.grad, torch.tensor([[3.0, 3.0, 4.0, 3.0, 3.0]]))
+
+
+def test_relative_bias_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="relative_window=0"):
+        RelativePositionBias(2, window=0)

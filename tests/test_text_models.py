@@ -78,10 +78,13 @@ def test_classifier_ignores_padding(attention: str, pooling: str) -> None:
     torch.testing.assert_close(logits[1], alone[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("positional", ["alibi", "relative"])
 @pytest.mark.parametrize("attention", ATTENTION_KINDS)
-def test_alibi_tagger_ignores_padding_and_every_kind_agrees(attention: str) -> None:
+def test_score_bias_tagger_ignores_padding_and_every_kind_agrees(
+    attention: str, positional: str
+) -> None:
     torch.manual_seed(0)
-    settings = {"vocab_size": 30, "num_tags": 5, "positional": "alibi", **SMALL}
+    settings = {"vocab_size": 30, "num_tags": 5, "positional": positional, **SMALL}
     reference = TransformerTagger(**settings, attention="scratch").eval()
     net = TransformerTagger(**settings, attention=attention).eval()
     net.load_state_dict(reference.state_dict())
@@ -96,6 +99,33 @@ def test_alibi_tagger_ignores_padding_and_every_kind_agrees(attention: str) -> N
     swapped = torch.tensor([[4, 13, 14, 12, 10, 11]])
     with torch.no_grad():
         assert not torch.allclose(net(swapped, word_ids[:1])[0, 1], logits[0, 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["scratch", "scratch_fused", "torch"])
+def test_relative_positions_learn_through_every_kind_that_differentiates_the_mask(
+    attention: str,
+) -> None:
+    torch.manual_seed(0)
+    settings = {"vocab_size": 30, "num_tags": 5, "positional": "relative", **SMALL}
+    reference = TransformerTagger(**settings, attention="scratch")
+    net = TransformerTagger(**settings, attention=attention)
+    net.load_state_dict(reference.state_dict())
+    ids = torch.tensor([[4, 10, 11, 12, 13, 14], [4, 20, 21, 0, 0, 0]])
+    word_ids = torch.tensor([[-1, 0, 0, 1, 2, 2], [-1, 0, 1, -1, -1, -1]])
+    for model in (reference, net):
+        model.eval()  # no dropout: the two must compute the same thing
+        model(ids, word_ids).logsumexp(-1).sum().backward()
+    grad = net.text_encoder.relative_bias.bias.grad
+    assert grad is not None and grad.abs().sum() > 0
+    torch.testing.assert_close(grad, reference.text_encoder.relative_bias.bias.grad)
+
+
+def test_relative_positions_with_flash_attention_say_what_to_change() -> None:
+    settings = {"vocab_size": 30, "num_tags": 5, "positional": "relative", **SMALL}
+    net = TransformerTagger(**settings, attention="scratch_flash")
+    ids = torch.tensor([[4, 10, 11, 12]])
+    with pytest.raises(ValueError, match="does not differentiate the mask"):
+        net(ids, torch.tensor([[-1, 0, 1, 2]]))
 
 
 TINY_TAGGER = [

@@ -25,9 +25,16 @@ from attention_lab.data.chars import CHAR_PAD, CHAR_VOCAB_SIZE
 from attention_lab.data.tokenizer import UNK_ID
 from attention_lab.errors import check_choice, check_positive
 from attention_lab.nn.blocks import Encoder, EncoderSpec
-from attention_lab.nn.positional import POSITIONAL_KINDS, alibi_bias, build_positional
+from attention_lab.nn.positional import (
+    POSITIONAL_KINDS,
+    RelativePositionBias,
+    alibi_bias,
+    build_positional,
+)
 
 WORD_POOLINGS = ("first", "mean")
+# Positions as a bias on every block's attention scores, nothing added to the embeddings.
+SCORE_BIAS_KINDS = ("alibi", "relative")
 SENTENCE_POOLINGS = ("cls", "mean")
 TEXT_ENCODER = EncoderSpec(
     n_layers=4, d_model=128, n_heads=4, d_ff=512, dropout=0.1, activation="gelu", norm_first=True
@@ -40,7 +47,8 @@ class TextEncoder(nn.Module):
     ``encoder``: ``EncoderSpec`` fields over ``TEXT_ENCODER``; its ``dropout`` also drops out
     the embedded tokens. ``positional="alibi"`` adds no position embedding: every block's
     attention scores are biased by -m_h |i - j| instead (``nn.positional.alibi_bias``), so
-    each head prefers near tokens, by its own slope.
+    each head prefers near tokens, by its own slope. ``"relative"`` learns that bias for each
+    signed offset j - i within ``relative_window`` (``nn.positional.RelativePositionBias``).
     """
 
     def __init__(
@@ -49,6 +57,7 @@ class TextEncoder(nn.Module):
         vocab_size: int,
         max_len: int,
         positional: str = "sinusoidal",
+        relative_window: int = 16,
         pad_id: int = 0,
         **encoder: Any,
     ) -> None:
@@ -63,10 +72,17 @@ class TextEncoder(nn.Module):
         self.embed_scale = math.sqrt(d_model)
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
-        check_choice("positional", positional, (*POSITIONAL_KINDS, "alibi"))
-        # ALiBi adds nothing to the embeddings; it biases every block's attention by distance.
-        self.alibi_heads = spec.n_heads if positional == "alibi" else 0
-        if self.alibi_heads:
+        check_choice("positional", positional, (*POSITIONAL_KINDS, *SCORE_BIAS_KINDS))
+        # ALiBi and relative positions add nothing to the embeddings; they bias every block's
+        # attention scores by the offset between query and key.
+        self.score_bias = positional if positional in SCORE_BIAS_KINDS else None
+        self.n_heads = spec.n_heads
+        self.relative_bias = (
+            RelativePositionBias(spec.n_heads, relative_window)
+            if positional == "relative"
+            else None
+        )
+        if self.score_bias:
             self.positional = nn.Identity()
         else:
             self.positional = build_positional(positional, d_model=d_model, max_len=max_len)
@@ -81,13 +97,16 @@ class TextEncoder(nn.Module):
         if extra is not None:
             x = x + extra
         x = self.dropout(self.positional(x))  # (B, T, E)
-        if not self.alibi_heads:
+        if not self.score_bias:
             return self.encoder(x, key_padding_mask=padding)  # (B, T, E)
-        # ALiBi: the same distance bias for every sentence, with the padding folded in as -inf
-        # (one float mask: PyTorch's attention warns, and a compiled model breaks its graph, on a
+        # The same position bias for every sentence, with the padding folded in as -inf (one
+        # float mask: PyTorch's attention warns, and a compiled model breaks its graph, on a
         # float attn_mask beside a boolean key_padding_mask).
         batch_size, length = ids.shape
-        bias = alibi_bias(self.alibi_heads, length, ids.device).to(x.dtype)  # (H, T, T)
+        if self.relative_bias is not None:
+            bias = self.relative_bias(length).to(x.dtype)  # (H, T, T), learned
+        else:
+            bias = alibi_bias(self.n_heads, length, ids.device).to(x.dtype)  # (H, T, T)
         bias = bias.expand(batch_size, -1, -1, -1).masked_fill(
             padding[:, None, None, :], float("-inf")
         )  # (B, H, T, T)

@@ -4,7 +4,8 @@
 (Vaswani et al., 2017, section 3.5)
 
 The first two are added to the token embeddings; ALiBi (Press et al., 2022, "Train Short, Test
-Long") adds nothing to them and biases each head's attention scores by its distance instead.
+Long") adds nothing to them and biases each head's attention scores by its distance instead, and
+``RelativePositionBias`` learns such a bias for each signed offset, so it tells left from right.
 """
 
 from __future__ import annotations
@@ -72,6 +73,35 @@ def alibi_bias(n_heads: int, length: int, device: torch.device | None = None) ->
     position = torch.arange(length, device=device, dtype=torch.float32)
     distance = (position[None, :] - position[:, None]).abs()  # (T, T)
     return -alibi_slopes(n_heads).to(device)[:, None, None] * distance  # (H, T, T)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned attention bias b[h, clip(j - i, -window, window)] per head h, for query i and key
+    j: relative positions clipped at a window, as Shaw et al. (2018) clip theirs ("precise
+    relative position information is not useful beyond a certain distance"), one scalar per
+    offset and head as T5 (Raffel et al., 2020) learns them, shared by every block.
+
+    ALiBi's bias depends on |j - i| only, so a word cannot tell the word before it from the one
+    after it ("the X" and "X the" look alike); this one depends on the sign too. It starts as
+    ALiBi within the window (-m_h |j - i|), so training sets out from ALiBi's locality.
+    """
+
+    def __init__(self, n_heads: int, window: int) -> None:
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"relative_window={window} must be at least 1")
+        self.window = window
+        distance = torch.arange(-window, window + 1, dtype=torch.float32).abs()  # (2w+1,)
+        self.bias = nn.Parameter(-alibi_slopes(n_heads)[:, None] * distance)  # (H, 2w+1)
+
+    def forward(self, length: int) -> Tensor:
+        """The (H, T, T) bias for a sequence of ``length`` tokens."""
+        position = torch.arange(length, device=self.bias.device)
+        offset = position[None, :] - position[:, None]  # (T, T): j - i
+        return self.bias[:, offset.clamp(-self.window, self.window) + self.window]  # (H, T, T)
+
+    def extra_repr(self) -> str:
+        return f"n_heads={self.bias.size(0)}, window={self.window}"
 
 
 def _check_length(x: Tensor, max_len: int) -> None:
