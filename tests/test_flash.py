@@ -67,6 +67,39 @@ def test_fp64_agrees_to_fp64_precision() -> None:
         torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(11, 10), (2, 3, 11, 10), (2, 1, 11, 10), (3, 1, 10)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_learned_float_mask_gets_the_explicit_paths_gradient(
+    shape: tuple[int, ...], causal: bool
+) -> None:
+    # A learned bias (relative positions) broadcast over batch and heads, with -inf entries.
+    q, k, v = _qkv(11, 10)
+    bias = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    bias = bias.masked_fill(bias < -1.0, -math.inf).requires_grad_()
+    explicit_mask = _with_causal(bias, 11, 10) if causal else bias
+    expected = _value_and_grads(
+        scaled_dot_product_attention(q, k, v, explicit_mask)[0], [q, k, v, bias]
+    )
+    actual = _value_and_grads(
+        flash_attention(q, k, v, bias, causal=causal, **BLOCKS), [q, k, v, bias]
+    )
+    for name, a, e in zip(["out", "dq", "dk", "dv", "dbias"], actual, expected, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_a_learned_mask_with_dropout_gets_the_gradient_of_the_kept_entries() -> None:
+    q, k, v = _qkv(t=11, s=10, dtype=torch.float64)
+    bias = torch.randn(11, 10, dtype=torch.float64, requires_grad=True)
+    keep = dropout_keep_mask(7, 0.3, (2, 3), range(11), range(10))  # (B, H, T, S)
+    weights = scaled_dot_product_attention(q, k, v, bias)[1]
+    expected = _value_and_grads((weights * keep / 0.7) @ v, [q, k, v, bias])
+    actual = _value_and_grads(
+        flash_attention(q, k, v, bias, dropout_p=0.3, seed=7, **BLOCKS), [q, k, v, bias]
+    )
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize("block", [1, 2, 5, 64])
 def test_the_result_does_not_depend_on_the_block_sizes(block: int) -> None:
     q, k, v = _qkv()
@@ -215,11 +248,6 @@ class TestBadInput:
             flash_attention(q, k, v, torch.ones(11, 9, dtype=torch.bool))
         with pytest.raises(TypeError, match=r"mask has dtype torch\.int64"):
             flash_attention(q, k, v, torch.ones(11, 10, dtype=torch.long))
-
-    def test_a_learned_mask_is_refused(self) -> None:
-        q, k, v = _qkv()
-        with pytest.raises(ValueError, match="mask requires grad"):
-            flash_attention(q, k, v, torch.zeros(11, 10, requires_grad=True))
 
     def test_weights_cannot_be_asked_of_the_flash_kernel(self) -> None:
         q, k, v = _qkv()

@@ -19,7 +19,7 @@ from attention_lab.models.text import (
     TransformerTextClassifier,
     word_pooling_matrix,
 )
-from attention_lab.nn.attention import ATTENTION_KINDS
+from attention_lab.nn.attention import ATTENTION_KINDS, PORTABLE_KINDS
 from attention_lab.run.training import train
 from attention_lab.tasks.text import TokenClassificationTask
 from tests.conftest import CONF_DIR, ComposeFn
@@ -101,10 +101,8 @@ def test_score_bias_tagger_ignores_padding_and_every_kind_agrees(
         assert not torch.allclose(net(swapped, word_ids[:1])[0, 1], logits[0, 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["scratch", "scratch_fused", "torch"])
-def test_relative_positions_learn_through_every_kind_that_differentiates_the_mask(
-    attention: str,
-) -> None:
+@pytest.mark.parametrize("attention", PORTABLE_KINDS)
+def test_relative_positions_learn_through_every_portable_kind(attention: str) -> None:
     torch.manual_seed(0)
     settings = {"vocab_size": 30, "num_tags": 5, "positional": "relative", **SMALL}
     reference = TransformerTagger(**settings, attention="scratch")
@@ -118,14 +116,6 @@ def test_relative_positions_learn_through_every_kind_that_differentiates_the_mas
     grad = net.text_encoder.relative_bias.bias.grad
     assert grad is not None and grad.abs().sum() > 0
     torch.testing.assert_close(grad, reference.text_encoder.relative_bias.bias.grad)
-
-
-def test_relative_positions_with_flash_attention_say_what_to_change() -> None:
-    settings = {"vocab_size": 30, "num_tags": 5, "positional": "relative", **SMALL}
-    net = TransformerTagger(**settings, attention="scratch_flash")
-    ids = torch.tensor([[4, 10, 11, 12]])
-    with pytest.raises(ValueError, match="does not differentiate the mask"):
-        net(ids, torch.tensor([[-1, 0, 1, 2]]))
 
 
 TINY_TAGGER = [

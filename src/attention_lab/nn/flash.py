@@ -91,7 +91,9 @@ def flash_attention(
 
     q: (..., T, d_k), k: (..., S, d_k), v: (..., S, d_v), the same leading dims.
     mask: boolean (True = may attend) or float (added to the scores), broadcastable to
-    (..., T, S); ``causal`` adds the causal mask (and skips the blocks it hides).
+    (..., T, S); ``causal`` adds the causal mask (and skips the blocks it hides). A float mask
+    that requires grad (a learned position bias) gets its gradient, dS summed over the dims it
+    was broadcast along (that needs a (..., T, S) buffer in backward, the size of the gradient).
     dropout_p: attention dropout; the keep-mask comes from ``seed``, an int or a one-element
     integer tensor (drawn from torch's generator on q's device when None, so ``torch.manual_seed``
     makes a run repeatable).
@@ -138,11 +140,6 @@ def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(
             f"mask has dtype {mask.dtype}; pass a bool (True = may attend) or float mask"
-        )
-    if mask.requires_grad:
-        raise ValueError(
-            "mask requires grad: scratch_flash does not differentiate the mask (use the explicit "
-            "path, model.attention=scratch, for a learned additive bias)"
         )
     try:
         torch.broadcast_shapes(mask.shape, scores_shape)
@@ -230,6 +227,10 @@ class _FlashAttention(torch.autograd.Function):
         grad_q = torch.zeros_like(q3, dtype=acc_dtype)  # (N, T, d_k)
         grad_k = torch.zeros_like(k3, dtype=acc_dtype)  # (N, S, d_k)
         grad_v = torch.zeros_like(v3, dtype=acc_dtype)  # (N, S, d_v)
+        # A learned float mask (a position bias) is added to the scores: its gradient is dS.
+        grad_mask = None
+        if ctx.needs_input_grad[3]:
+            grad_mask = q3.new_zeros(*lead, tgt_len, src_len, dtype=acc_dtype)  # (..., T, S)
 
         for j0 in range(0, src_len, block_k):
             j1 = min(j0 + block_k, src_len)
@@ -248,6 +249,8 @@ class _FlashAttention(torch.autograd.Function):
                     grad_probs.mul_(keep)
                 _add_product(grad_v[:, j0:j1], dropped.mT, grad_out_i)  # dV_j += P_ij^T dO_i
                 grad_scores = grad_probs.sub_(delta[:, i0:i1]).mul_(probs)  # dS_ij
+                if grad_mask is not None:
+                    grad_mask[..., i0:i1, j0:j1] = grad_scores.view(*lead, *grad_scores.shape[1:])
                 _add_product(grad_q[:, i0:i1], grad_scores, k_j, alpha=scale)  # dQ_i
                 _add_product(grad_k[:, j0:j1], grad_scores.mT, q_i)  # dK_j (q_i holds the scale)
 
@@ -256,7 +259,9 @@ class _FlashAttention(torch.autograd.Function):
             grad_k.to(k.dtype).view(k.shape),
             grad_v.to(v.dtype).view(v.shape),
         )
-        return (*grads, None, None, None, None, None, None)
+        if grad_mask is not None:  # summed over the dims the mask was broadcast along
+            grad_mask = grad_mask.sum_to_size(maybe_mask[0].shape).to(maybe_mask[0].dtype)
+        return (*grads, grad_mask, None, None, None, None, None)
 
 
 def _accumulation_dtype(x: Tensor) -> torch.dtype:

@@ -141,6 +141,11 @@ def triton_flash_attention(
     check_triton_blocks(block_q, block_k)
     if mask is not None:
         _check_mask(mask, q.shape[:-1] + k.shape[-2:-1])
+        if mask.requires_grad:
+            raise ValueError(
+                "mask requires grad: scratch_triton does not differentiate the mask (a learned "
+                "position bias trains with model.attention=scratch_flash, scratch or torch)"
+            )
     # One dtype for the products, q's, as autocast gives a matmul (fp32 bias_k/bias_v appended
     # to bf16 keys under autocast make the keys fp32).
     k, v = k.to(q.dtype), v.to(q.dtype)
