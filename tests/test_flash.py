@@ -67,16 +67,27 @@ def test_fp64_agrees_to_fp64_precision() -> None:
         torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(11, 10), (2, 3, 11, 10), (2, 1, 11, 10), (3, 1, 10)])
+# (T, S, the mask's shape): broadcast over batch, heads or queries; T < S, where the top-left
+# causal mask hides most of each row (skipped blocks).
+LEARNED_MASKS = [
+    (11, 10, (11, 10)),
+    (11, 10, (2, 3, 11, 10)),
+    (11, 10, (2, 1, 11, 10)),
+    (11, 10, (3, 1, 10)),
+    (3, 12, (3, 3, 12)),
+]
+
+
+@pytest.mark.parametrize(("t", "s", "shape"), LEARNED_MASKS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_a_learned_float_mask_gets_the_explicit_paths_gradient(
-    shape: tuple[int, ...], causal: bool
+    t: int, s: int, shape: tuple[int, ...], causal: bool
 ) -> None:
-    # A learned bias (relative positions) broadcast over batch and heads, with -inf entries.
-    q, k, v = _qkv(11, 10)
+    # A learned bias (relative positions) with -inf entries.
+    q, k, v = _qkv(t, s)
     bias = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
     bias = bias.masked_fill(bias < -1.0, -math.inf).requires_grad_()
-    explicit_mask = _with_causal(bias, 11, 10) if causal else bias
+    explicit_mask = _with_causal(bias, t, s) if causal else bias
     expected = _value_and_grads(
         scaled_dot_product_attention(q, k, v, explicit_mask)[0], [q, k, v, bias]
     )
@@ -85,6 +96,16 @@ def test_a_learned_float_mask_gets_the_explicit_paths_gradient(
     )
     for name, a, e in zip(["out", "dq", "dk", "dv", "dbias"], actual, expected, strict=True):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_a_learned_bf16_mask_gets_a_bf16_gradient_close_to_fp32s() -> None:
+    q, k, v = _qkv(11, 10)
+    bias = torch.randn(3, 11, 10, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    expected = torch.autograd.grad(flash_attention(q, k, v, bias, **BLOCKS).square().sum(), bias)
+    low = [x.detach().bfloat16().requires_grad_() for x in (q, k, v, bias)]
+    (grad,) = torch.autograd.grad(flash_attention(*low, **BLOCKS).square().sum(), low[3])
+    assert grad.dtype == torch.bfloat16 and grad.shape == bias.shape
+    torch.testing.assert_close(grad.float(), expected[0], atol=0.05, rtol=0.05)
 
 
 def test_a_learned_mask_with_dropout_gets_the_gradient_of_the_kept_entries() -> None:

@@ -148,6 +148,20 @@ def test_triton_attention_on_the_cpu_is_refused_before_any_work(
     attention_lab.run.config.validate(cfg)  # the interpreter runs it (slowly)
 
 
+def test_a_learned_position_bias_with_triton_attention_is_refused_by_config(
+    compose_config: ComposeFn,
+) -> None:
+    """The Triton kernel takes no mask gradient: refused before anything is built, triton or not."""
+    cfg = compose_config(
+        "experiment=ud_pos_transformer",
+        "model.positional=relative",
+        "model.attention=scratch_triton",
+    )
+    with pytest.raises(ConfigError, match=r"^model.positional=relative learns .*=scratch_flash"):
+        attention_lab.run.config.validate(cfg)
+    attention_lab.run.config.validate(compose_config("experiment=ud_pos_transformer"))
+
+
 def test_full_disk_is_reported_at_start(
     compose_config: ComposeFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,8 +92,10 @@ def flash_attention(
     q: (..., T, d_k), k: (..., S, d_k), v: (..., S, d_v), the same leading dims.
     mask: boolean (True = may attend) or float (added to the scores), broadcastable to
     (..., T, S); ``causal`` adds the causal mask (and skips the blocks it hides). A float mask
-    that requires grad (a learned position bias) gets its gradient, dS summed over the dims it
-    was broadcast along (that needs a (..., T, S) buffer in backward, the size of the gradient).
+    that requires grad (a learned position bias) gets its gradient: backward writes each block's
+    dS into a (..., T, S) buffer, the size of the scores rather than the mask's (for a (T, S) mask
+    shared by every head, B*H times larger), then sums it over the dims the mask was broadcast
+    along. ALiBi-like and relative biases are (B, H, T, T) by the time they get here anyway.
     dropout_p: attention dropout; the keep-mask comes from ``seed``, an int or a one-element
     integer tensor (drawn from torch's generator on q's device when None, so ``torch.manual_seed``
     makes a run repeatable).

@@ -77,9 +77,10 @@ def alibi_bias(n_heads: int, length: int, device: torch.device | None = None) ->
 
 class RelativePositionBias(nn.Module):
     """A learned attention bias b[h, clip(j - i, -window, window)] per head h, for query i and key
-    j: relative positions clipped at a window, as Shaw et al. (2018) clip theirs ("precise
-    relative position information is not useful beyond a certain distance"), one scalar per
-    offset and head as T5 (Raffel et al., 2020) learns them, shared by every block.
+    j: relative positions clipped at a window, as Shaw et al. (2018) clip theirs (they
+    hypothesised that precise relative position is not useful beyond a certain distance), one
+    learned scalar per head and offset added to the scores, as T5 (Raffel et al., 2020) does for
+    buckets of offsets (here one per offset inside the window), shared by every block.
 
     ALiBi's bias depends on |j - i| only, so a word cannot tell the word before it from the one
     after it ("the X" and "X the" look alike); this one depends on the sign too. It starts as

@@ -148,9 +148,17 @@ def _accelerator_problem(accelerator: Any) -> str | None:
 
 
 def _triton_problem(cfg: DictConfig) -> str | None:
-    """scratch_triton needs triton, and a CUDA GPU unless Triton's CPU interpreter is on."""
-    if (cfg.get("model") or {}).get("attention") != "scratch_triton":
+    """scratch_triton needs triton, and a CUDA GPU unless Triton's CPU interpreter is on; its
+    kernel takes no gradient for the mask, so not a learned position bias either."""
+    model = cfg.get("model") or {}
+    if model.get("attention") != "scratch_triton":
         return None
+    if model.get("positional") == "relative":
+        return (
+            "model.positional=relative learns its attention bias, which scratch_triton's kernel "
+            "does not differentiate: use model.attention=scratch_flash, scratch or torch, or "
+            "model.positional=alibi"
+        )
     from attention_lab.nn import triton_flash
 
     if problem := triton_flash.available():
