@@ -199,6 +199,36 @@ def test_text_experiments_run_in_mixed_precision(
     assert math.isfinite(train(cfg)["test"]["test/loss"])
 
 
+@pytest.mark.parametrize("experiment", ["ud_pos_transformer", "sst2_transformer"])
+def test_commands_read_a_checkpoint_with_learned_relative_positions(
+    compose_config: ComposeFn, tiny_ud: Path, tiny_sst2: Path, experiment: str, capsys
+) -> None:
+    # The relative bias is a parameter of the checkpoint: the commands must rebuild and load it.
+    data_dir = tiny_ud if experiment.startswith("ud") else tiny_sst2
+    cfg = compose_config(
+        *TINY_TAGGER[1:6],
+        f"experiment={experiment}",
+        "model.positional=relative",
+        "data.vocab_size=100",
+        "debug=smoke",
+        "logger=csv",
+        data_dir=data_dir,
+    )
+    save_run_config(cfg)
+    ckpt = train(cfg)["best_checkpoint"]
+    capsys.readouterr()  # the training run's output
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert any(key.endswith("relative_bias.bias") for key in state)
+    if experiment.startswith("ud"):
+        assert tag.main([f"ckpt={ckpt}", "the dog sees a city ."]) == 0
+        words = capsys.readouterr().out.split()
+        assert [w.rsplit("/", 1)[0] for w in words] == ["the", "dog", "sees", "a", "city", "."]
+    else:
+        assert classify.main([f"ckpt={ckpt}", "warm and funny"]) == 0
+        label, probability = capsys.readouterr().out.split("\t")
+        assert label in ("positive", "negative") and 0.5 <= float(probability) <= 1.0
+
+
 def test_classify_command_prints_label_and_probability(
     compose_config: ComposeFn, tiny_sst2: Path, capsys
 ) -> None:
