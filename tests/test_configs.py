@@ -90,14 +90,16 @@ def test_there_are_experiments() -> None:
 # Without CUDA, scratch_triton runs in Triton's interpreter (one Python pass per program of the
 # kernel's grid), so its step takes batches of 2 (minutes with the experiment's own sizes).
 # The variants that experiment headers and the README name run a step too.
+UD_WIDTH_128 = ("model.d_model=128", "model.n_heads=4", "model.d_ff=512")
 EXPERIMENT_STEPS = [
     *((e, _attention_of(e), ()) for e in _experiments()),
     *(("mnist_encoder", kind, ()) for kind in PORTABLE_KINDS if kind != "scratch"),
     ("mnist_encoder", "scratch_triton", ("data.batch_size=2", "data.eval_batch_size=2")),
+    ("ud_pos_transformer", "scratch", UD_WIDTH_128),
     (
         "ud_pos_transformer",
         "scratch",
-        ("model.positional=sinusoidal", "model.chars=0", "model.word_dropout=0.0"),
+        ("model.positional=sinusoidal", "model.chars=0", "model.word_dropout=0.0", *UD_WIDTH_128),
     ),
     ("ud_pos_bilstm", NO_ATTENTION, ("model.chars=64",)),
     ("sst2_transformer", "scratch", ("model.word_dropout=0.2",)),
