@@ -96,6 +96,7 @@ EXPERIMENT_STEPS = [
     *(("mnist_encoder", kind, ()) for kind in PORTABLE_KINDS if kind != "scratch"),
     ("mnist_encoder", "scratch_triton", ("data.batch_size=2", "data.eval_batch_size=2")),
     ("ud_pos_transformer", "scratch", UD_WIDTH_128),
+    ("ud_pos_transformer", "scratch", ("model.positional=relative",)),
     (
         "ud_pos_transformer",
         "scratch",
