@@ -217,7 +217,7 @@ def test_commands_read_a_checkpoint_with_learned_relative_positions(
     save_run_config(cfg)
     ckpt = train(cfg)["best_checkpoint"]
     capsys.readouterr()  # the training run's output
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]  # house rule
     assert any(key.endswith("relative_bias.bias") for key in state)
     if experiment.startswith("ud"):
         assert tag.main([f"ckpt={ckpt}", "the dog sees a city ."]) == 0
