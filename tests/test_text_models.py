@@ -180,39 +180,54 @@ def test_resumed_tagging_run_continues(compose_config: ComposeFn, tiny_ud: Path)
     assert resumed["steps"] == 2 * first["steps"]
 
 
-@pytest.mark.parametrize("experiment", ["ud_pos_transformer", "sst2_transformer"])
+TEXT_EXPERIMENTS = ["ud_pos_transformer", "sst2_transformer"]
+
+
+def tiny_text_run(
+    compose_config: ComposeFn, experiment: str, tiny_ud: Path, tiny_sst2: Path, *overrides: str
+) -> DictConfig:
+    """A smoke run of a text experiment (small vocabulary, one batch) on its tiny data."""
+    data_dir = tiny_ud if experiment.startswith("ud") else tiny_sst2
+    return compose_config(
+        f"experiment={experiment}",
+        "data.vocab_size=100",
+        "debug=smoke",
+        *overrides,
+        data_dir=data_dir,
+    )
+
+
+@pytest.mark.parametrize("experiment", TEXT_EXPERIMENTS)
 def test_text_experiments_run_in_mixed_precision(
     compose_config: ComposeFn, tiny_ud: Path, tiny_sst2: Path, experiment: str
 ) -> None:
-    data_dir = tiny_ud if experiment.startswith("ud") else tiny_sst2
-    cfg = compose_config(
-        f"experiment={experiment}",
+    cfg = tiny_text_run(
+        compose_config,
+        experiment,
+        tiny_ud,
+        tiny_sst2,
         "trainer.precision=bf16-mixed",
         "trainer.accelerator=cpu",
         "model.d_model=16",
         "model.n_layers=1",
-        "data.vocab_size=100",
-        "debug=smoke",
         "logger=none",
-        data_dir=data_dir,
     )
     assert math.isfinite(train(cfg)["test"]["test/loss"])
 
 
-@pytest.mark.parametrize("experiment", ["ud_pos_transformer", "sst2_transformer"])
+@pytest.mark.parametrize("experiment", TEXT_EXPERIMENTS)
 def test_commands_read_a_checkpoint_with_learned_relative_positions(
     compose_config: ComposeFn, tiny_ud: Path, tiny_sst2: Path, experiment: str, capsys
 ) -> None:
     # The relative bias is a parameter of the checkpoint: the commands must rebuild and load it.
-    data_dir = tiny_ud if experiment.startswith("ud") else tiny_sst2
-    cfg = compose_config(
+    cfg = tiny_text_run(
+        compose_config,
+        experiment,
+        tiny_ud,
+        tiny_sst2,
         *TINY_TAGGER[1:6],
-        f"experiment={experiment}",
         "model.positional=relative",
-        "data.vocab_size=100",
-        "debug=smoke",
         "logger=csv",
-        data_dir=data_dir,
     )
     save_run_config(cfg)
     ckpt = train(cfg)["best_checkpoint"]
