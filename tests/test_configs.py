@@ -95,8 +95,8 @@ EXPERIMENT_STEPS = [
     *((e, _attention_of(e), ()) for e in _experiments()),
     *(("mnist_encoder", kind, ()) for kind in PORTABLE_KINDS if kind != "scratch"),
     ("mnist_encoder", "scratch_triton", ("data.batch_size=2", "data.eval_batch_size=2")),
-    ("ud_pos_transformer", "scratch", UD_WIDTH_128),
-    ("ud_pos_transformer", "scratch", ("model.positional=relative",)),
+    ("ud_pos_transformer", "scratch", ("model.positional=alibi", *UD_WIDTH_128)),
+    ("ud_pos_transformer", "scratch", ("model.positional=alibi",)),
     (
         "ud_pos_transformer",
         "scratch",
@@ -104,6 +104,8 @@ EXPERIMENT_STEPS = [
     ),
     ("ud_pos_bilstm", NO_ATTENTION, ("model.chars=64",)),
     ("sst2_transformer", "scratch", ("model.word_dropout=0.2",)),
+    ("sst2_transformer", "scratch", ("data.tokenizer=word",)),
+    ("sst2_transformer", "scratch", ("model.positional=relative", "model.dropout=0.5")),
     ("sst2_minilm_course", "scratch", ("model.pooling=mean",)),
 ]
 
