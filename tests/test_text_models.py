@@ -22,7 +22,7 @@ from attention_lab.models.text import (
 from attention_lab.nn.attention import ATTENTION_KINDS, PORTABLE_KINDS
 from attention_lab.run.training import train
 from attention_lab.tasks.text import TokenClassificationTask
-from tests.conftest import CONF_DIR, ComposeFn
+from tests.conftest import CONF_DIR, ComposeFn, TinyDataFn
 
 
 def save_run_config(cfg: DictConfig) -> None:
@@ -184,28 +184,23 @@ TEXT_EXPERIMENTS = ["ud_pos_transformer", "sst2_transformer"]
 
 
 def tiny_text_run(
-    compose_config: ComposeFn, experiment: str, tiny_ud: Path, tiny_sst2: Path, *overrides: str
+    compose_config: ComposeFn, tiny_data_for: TinyDataFn, experiment: str, *overrides: str
 ) -> DictConfig:
-    """A smoke run of a text experiment (small vocabulary, one batch) on its tiny data."""
-    data_dir = tiny_ud if experiment.startswith("ud") else tiny_sst2
+    """A smoke run of a text experiment (one batch) on the tiny data of its kind."""
+    data_dir, data_setting, _, _ = tiny_data_for(compose_config(f"experiment={experiment}"))
     return compose_config(
-        f"experiment={experiment}",
-        "data.vocab_size=100",
-        "debug=smoke",
-        *overrides,
-        data_dir=data_dir,
+        f"experiment={experiment}", data_setting, "debug=smoke", *overrides, data_dir=data_dir
     )
 
 
 @pytest.mark.parametrize("experiment", TEXT_EXPERIMENTS)
 def test_text_experiments_run_in_mixed_precision(
-    compose_config: ComposeFn, tiny_ud: Path, tiny_sst2: Path, experiment: str
+    compose_config: ComposeFn, tiny_data_for: TinyDataFn, experiment: str
 ) -> None:
     cfg = tiny_text_run(
         compose_config,
+        tiny_data_for,
         experiment,
-        tiny_ud,
-        tiny_sst2,
         "trainer.precision=bf16-mixed",
         "trainer.accelerator=cpu",
         "model.d_model=16",
@@ -217,14 +212,13 @@ def test_text_experiments_run_in_mixed_precision(
 
 @pytest.mark.parametrize("experiment", TEXT_EXPERIMENTS)
 def test_commands_read_a_checkpoint_with_learned_relative_positions(
-    compose_config: ComposeFn, tiny_ud: Path, tiny_sst2: Path, experiment: str, capsys
+    compose_config: ComposeFn, tiny_data_for: TinyDataFn, experiment: str, capsys
 ) -> None:
     # The relative bias is a parameter of the checkpoint: the commands must rebuild and load it.
     cfg = tiny_text_run(
         compose_config,
+        tiny_data_for,
         experiment,
-        tiny_ud,
-        tiny_sst2,
         *TINY_TAGGER[1:6],
         "model.positional=relative",
         "logger=csv",
