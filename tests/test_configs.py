@@ -102,6 +102,7 @@ EXPERIMENT_STEPS = [
         "scratch",
         ("model.positional=sinusoidal", "model.chars=0", "model.word_dropout=0.0", *UD_WIDTH_128),
     ),
+    ("vit_mnist", "scratch", ("model.stem=conv",)),
     ("ud_pos_bilstm", NO_ATTENTION, ("model.chars=64",)),
     ("sst2_transformer", "scratch", ("model.word_dropout=0.2",)),
     ("sst2_transformer", "scratch", ("data.tokenizer=word",)),

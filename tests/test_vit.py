@@ -28,6 +28,38 @@ def test_three_channel_32px_images() -> None:
     assert model.to_patch_embedding[1].in_features == 3 * 8 * 8
 
 
+@pytest.mark.parametrize(
+    ("image_size", "in_channels", "patch_size", "grid"),
+    [(28, 1, 4, 7), (32, 3, 8, 4), (28, 1, 1, 28)],
+)
+def test_conv_stem_gives_the_patch_stems_tokens(
+    image_size: int, in_channels: int, patch_size: int, grid: int
+) -> None:
+    kwargs = {"image_size": image_size, "in_channels": in_channels, "patch_size": patch_size}
+    conv = VisionTransformer(**SMALL, **kwargs, stem="conv").eval()
+    patch = VisionTransformer(**SMALL, **kwargs).eval()
+    images = torch.randn(2, in_channels, image_size, image_size)
+    tokens = conv.to_patch_embedding(images)
+    assert tokens.shape == patch.to_patch_embedding(images).shape == (2, grid * grid, 16)
+    assert conv.patch_grid == (grid, grid)
+    # One token per grid cell: changing one cell's pixels reaches its own token, not far ones.
+    changed = images.clone()
+    changed[..., :patch_size, :patch_size] += 1.0
+    moved = (conv.to_patch_embedding(changed) - tokens).abs().amax(dim=(0, 2))  # (N,)
+    assert moved[0] > 0 and moved[-1] == 0
+
+
+def test_conv_stem_trains_and_its_kinds_agree() -> None:
+    torch.manual_seed(0)
+    scratch = VisionTransformer(**SMALL, stem="conv", attention="scratch")
+    scratch(torch.randn(4, 1, 28, 28)).sum().backward()
+    assert all(p.grad is not None for p in scratch.to_patch_embedding.parameters())
+    reference = VisionTransformer(**SMALL, stem="conv", attention="torch")
+    reference.load_state_dict(scratch.state_dict())  # BatchNorm's running statistics too
+    images = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(scratch.eval()(images), reference.eval()(images), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
 @pytest.mark.parametrize(
     ("class_token", "pooling"), [(True, "cls"), (True, "mean"), (False, "mean")]
@@ -64,6 +96,12 @@ def test_scratch_and_torch_vits_compute_the_same_function() -> None:
         ({"patch_size": 5}, "patch_size=5 does not divide image_size=28"),
         ({"class_token": False, "pooling": "cls"}, "pooling='cls' needs the class token"),
         ({"pooling": "max"}, "pooling='max' is not known"),
+        ({"stem": "resnet"}, "stem='resnet' is not known"),
+        ({"stem": "conv", "patch_size": 7}, "patch_size must be a power of 2, not 7"),
+        (
+            {"stem": "conv", "patch_size": 8, "image_size": 32, "d_model": 2, "n_heads": 1},
+            "d_model=2 is too narrow for patch_size=8",
+        ),
         ({"d_model": 18, "n_heads": 4}, "d_model=18 is not divisible by n_heads=4"),
         ({"attention": "flash"}, "attention='flash' is not a known attention kind"),
     ],
