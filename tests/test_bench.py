@@ -139,6 +139,19 @@ def test_flash_blocks_takes_only_the_kinds_with_blocks(tmp_path: Path) -> None:
         main(["flash-blocks", "--kinds", "scratch", "--out", str(tmp_path)])
 
 
+@pytest.mark.parametrize(
+    "command", [["flash-blocks", "--stages", "2"], ["attention", "--warps", "8"]]
+)
+def test_stages_and_warps_are_only_for_the_triton_kernel(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--out", str(tmp_path)])
+    assert "--stages and --warps are for flash-blocks --kinds scratch_triton" in (
+        capsys.readouterr().err
+    )
+
+
 def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:
     main(
         [

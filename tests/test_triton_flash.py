@@ -165,17 +165,57 @@ def test_the_result_does_not_depend_on_the_block_sizes(block_q, block_k) -> None
 
 
 def test_bench_flash_blocks_times_the_triton_kernel(tmp_path: Path) -> None:
+    """Every (block_q, block_k, stages, warps) gets a row, and each a ratio to the reference
+    timed beside it (PyTorch's math backend here; on a GPU, --sdpa-backends flash)."""
     settings = (
-        "--seq-lens 40 --block-sizes 16 32 --batch 1 --d-model 32 --heads 2 --repeats 1 "
-        "--min-time 0.01"
+        "--seq-lens 40 --block-sizes 16 32 --stages 2 3 --warps 4 --sdpa-backends math "
+        "--batch 1 --d-model 32 --heads 2 --repeats 1 --min-time 0.01"
     )
     main(["flash-blocks", "--kinds", "scratch_triton", "--out", str(tmp_path), *settings.split()])
     with (tmp_path / "flash-blocks.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert {(r["kind"], r["dtype"], r["block_q"], r["block_k"]) for r in rows} == {
-        ("scratch_triton", "fp32", q, k) for q in ("16", "32") for k in ("16", "32")
-    }
+    configs = {(r["kind"], r["block_q"], r["block_k"], r["stages"], r["warps"]) for r in rows}
+    assert configs == {
+        ("scratch_triton", q, k, stages, "4")
+        for q in ("16", "32")
+        for k in ("16", "32")
+        for stages in ("2", "3")
+    } | {("scratch_fused[math]", "", "", "", "")}
     assert all(float(r["ms"]) > 0 for r in rows)
+    header, _, *lines = (tmp_path / "flash-blocks.md").read_text().splitlines()
+    assert header.endswith("| fwd+bwd ms | vs scratch_fused[math] |")
+    reference = next(float(r["ms"]) for r in rows if r["kind"] == "scratch_fused[math]")
+    for line in lines:
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        ratio = float(cells[-2]) / reference  # from the rounded time: to within its rounding
+        assert float(cells[-1].rstrip("x")) == pytest.approx(ratio, rel=0.01, abs=0.006)
+
+
+def test_pipeline_settings_reach_the_forward_and_its_backward(monkeypatch) -> None:
+    """``pipeline``'s stages and warps reach every launch of a forward run inside it, and of its
+    backward, which may run later (and on autograd's own thread); the numbers do not change."""
+    launched = []
+    settings_of = triton_flash._kernel_settings
+
+    def spy(*args):
+        settings = settings_of(*args)
+        launched.append((settings["num_stages"], settings["num_warps"]))
+        return settings
+
+    monkeypatch.setattr(triton_flash, "_kernel_settings", spy)
+    q, k, v = _qkv(1, 2, 20, 20, 16, seed=4)
+    grad_out = torch.randn_like(q)
+    default = _with_grads(lambda *x: triton_flash_attention(*x, causal=True), q, k, v, grad_out)
+    with triton_flash.pipeline(num_stages=2, num_warps=8):
+        out = triton_flash_attention(q, k, v, causal=True)
+    tuned = (out, *torch.autograd.grad(out, (q, k, v), grad_out))  # outside the block
+    assert launched == [(3, 4), (3, 4), (2, 8), (2, 8)]
+    for name, a, b in zip(("out", "dq", "dk", "dv"), tuned, default, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="num_warps=6 must be a power of two"):
+        triton_flash.pipeline(num_warps=6).__enter__()
+    with pytest.raises(ValueError, match="num_stages=0 must be 1 or more"):
+        triton_flash.pipeline(num_stages=0).__enter__()
 
 
 def test_fp16_is_close_to_the_fp32_explicit_path() -> None:

@@ -13,6 +13,7 @@ FlashAttention (``scratch_flash``, ``scratch_triton``) against.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 from collections.abc import Callable
 from functools import partial
@@ -150,72 +151,96 @@ def _time_and_memory(
 # The kinds whose block sizes ``flash-blocks`` tries, and the sizes tried unless told (a Triton
 # program holds its blocks on chip: 128 is about its limit).
 BLOCK_SIZES = {"scratch_flash": [64, 128, 256, 512, 1024], "scratch_triton": [32, 64, 128]}
+# What ``flash-blocks`` varies (stages and warps: the Triton kernel's only).
+TUNED = ("block_q", "block_k", "stages", "warps")
 
 
 def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
     """scratch_flash (or, ``--kinds scratch_triton``, the Triton kernel), forward + backward,
-    over a grid of block sizes: how the defaults were chosen. Block sizes a GPU cannot hold
-    on chip (Triton says so when it compiles) are left out with a line."""
+    over a grid of block sizes (the Triton kernel also over ``--stages`` and ``--warps``): how
+    the defaults were chosen. Configurations a GPU cannot hold on chip (Triton says so when it
+    compiles) are left out with a line. ``--sdpa-backends`` adds ``scratch_fused`` held to each
+    backend, timed beside them, for the table's ratio (FlashAttention-2's kernel: ``flash``)."""
     device = torch.device(args.device)
     rows = []
     for kind, dtype_name, mask, seq_len in itertools.product(
         args.kinds, args.dtypes, args.masks, args.seq_lens
     ):
         x = torch.randn(args.batch, seq_len, args.d_model, device=device)
+        setting = {"kind": kind, "dtype": dtype_name, "mask": mask, "seq_len": seq_len}
+        forward = partial(
+            _attention_forward,
+            device=device,
+            autocast=DTYPES[dtype_name],
+            causal=mask == "causal",
+        )
         too_large = set()
         sizes = args.block_sizes or BLOCK_SIZES[kind]
-        for repeat, block_q, block_k in itertools.product(range(args.repeats), sizes, sizes):
-            if (block_q, block_k) in too_large:
-                continue
-            torch.manual_seed(0)
-            layer = MultiHeadAttention(
-                args.d_model,
-                args.heads,
-                batch_first=True,
-                kernel=KERNEL_OF_KIND[kind],
-                block_q=block_q,
-                block_k=block_k,
-            ).to(device)
-            forward = partial(
-                _attention_forward,
-                layer,
-                x.clone().requires_grad_(),
-                device,
-                DTYPES[dtype_name],
-                mask == "causal",
-            )
-            try:
-                seconds, _ = _time_and_memory(forward, device, args.min_time)
-            except triton_flash.OutOfResources:
-                too_large.add((block_q, block_k))
-                print(f"{kind} {dtype_name}: blocks {block_q} x {block_k} do not fit; left out")
-                continue
-            rows.append(
-                {
-                    "kind": kind,
-                    "dtype": dtype_name,
-                    "mask": mask,
-                    "seq_len": seq_len,
-                    "block_q": block_q,
-                    "block_k": block_k,
-                    "repeat": repeat,
-                    "ms": 1000 * seconds,
-                }
-            )
+        pipelines = list(itertools.product(args.stages, args.warps))
+        if kind != "scratch_triton":
+            pipelines = [(None, None)]
+        for repeat in range(args.repeats):
+            for backend in args.sdpa_backends:  # the reference, timed beside them
+                torch.manual_seed(0)
+                layer = build_attention("scratch_fused", d_model=args.d_model, n_heads=args.heads)
+                step = partial(forward, layer.to(device), x.clone().requires_grad_())
+                if (measured := _measure(step, device, args.min_time, backend)) is not None:
+                    name, seconds = f"scratch_fused[{backend}]", measured[0]
+                    config = dict.fromkeys(TUNED)  # PyTorch's kernel: none of ours
+                    rows.append({**setting, "kind": name, **config, "repeat": repeat,
+                                 "ms": 1000 * seconds})  # fmt: skip
+            for block_q, block_k, (stages, warps) in itertools.product(sizes, sizes, pipelines):
+                config = dict(zip(TUNED, (block_q, block_k, stages, warps), strict=True))
+                if tuple(config.values()) in too_large:
+                    continue
+                torch.manual_seed(0)
+                layer = MultiHeadAttention(
+                    args.d_model,
+                    args.heads,
+                    batch_first=True,
+                    kernel=KERNEL_OF_KIND[kind],
+                    block_q=block_q,
+                    block_k=block_k,
+                ).to(device)
+                step = partial(forward, layer, x.clone().requires_grad_())
+                try:
+                    with _pipeline(kind, stages, warps):
+                        seconds, _ = _time_and_memory(step, device, args.min_time)
+                except triton_flash.OutOfResources:
+                    too_large.add(tuple(config.values()))
+                    print(f"{kind} {dtype_name}: {config} does not fit on chip; left out")
+                    continue
+                rows.append({**setting, **config, "repeat": repeat, "ms": 1000 * seconds})
     return rows
 
 
+def _pipeline(
+    kind: str, stages: int | None, warps: int | None
+) -> contextlib.AbstractContextManager:
+    """The Triton kernel's stages and warps for the launches inside (other kinds: nothing)."""
+    if kind != "scratch_triton":
+        return contextlib.nullcontext()
+    return triton_flash.pipeline(num_stages=stages, num_warps=warps)
+
+
 def flash_blocks_table(rows: list[dict]) -> str:
-    """Markdown: median ms per block size pair, fastest first within each kind, dtype, mask and
-    length."""
-    keys = ("kind", "dtype", "mask", "seq_len", "block_q", "block_k")
+    """Markdown: median ms per configuration, fastest first within each kind, dtype, mask and
+    length; with a ``scratch_fused[...]`` reference, each time over the reference's."""
+    keys = ("kind", "dtype", "mask", "seq_len", *TUNED)
     ms = summarise(rows, keys, "ms")
+    references = sorted({key[0] for key in ms if key[0].startswith("scratch_fused[")})
     lines = [
-        "| kind | dtype | mask | T | block_q | block_k | fwd+bwd ms |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| kind | dtype | mask | T | block_q | block_k | stages | warps | fwd+bwd ms |"
+        + "".join(f" vs {name} |" for name in references),
+        "| --- " * (9 + len(references)) + "|",
     ]
-    for key in sorted(ms, key=lambda k: (*k[:4], ms[k])):
-        lines.append("| " + " | ".join(map(str, key)) + f" | {ms[key]:.2f} |")
+    for key in sorted(ms, key=lambda k: (k[0].startswith("scratch_fused["), *k[:4], ms[k])):
+        ratios = []
+        for name in references:
+            reference = ms.get((name, *key[1:4], None, None, None, None))
+            ratios.append(f"{ms[key] / reference:.2f}x" if reference else "–")
+        shown = ["default" if value is None else str(value) for value in key]
+        lines.append("| " + " | ".join([*shown, f"{ms[key]:.2f}", *ratios]) + " |")
     return "\n".join(lines)
 
 

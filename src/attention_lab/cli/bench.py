@@ -48,8 +48,8 @@ def _kernel_options(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=[],
         choices=sorted(SDPA_BACKENDS),
-        help="attention: also scratch_fused held to each of these F.scaled_dot_product_attention "
-        "backends (flash and efficient need a GPU)",
+        help="attention, flash-blocks: also scratch_fused held to each of these "
+        "F.scaled_dot_product_attention backends (flash and efficient need a GPU)",
     )
     parser.add_argument(
         "--masks",
@@ -64,6 +64,21 @@ def _kernel_options(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         help="flash-blocks: the block sizes tried for block_q and block_k (default: 64 to 1024 "
         "for scratch_flash, 32 to 128 for scratch_triton)",
+    )
+    parser.add_argument(
+        "--stages",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="flash-blocks, scratch_triton: software-pipelining stages tried (default: the "
+        "kernel's choice)",
+    )
+    parser.add_argument(
+        "--warps",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="flash-blocks, scratch_triton: warps per program tried (default: the kernel's)",
     )
 
 
@@ -135,6 +150,9 @@ def _defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         args.kinds = args.kinds or ["scratch_flash"]
         if set(args.kinds) - set(BLOCK_SIZES):
             parser.error(f"flash-blocks: --kinds takes {' and/or '.join(BLOCK_SIZES)}")
+    tuned = args.stages != [None] or args.warps != [None]
+    if tuned and (args.what != "flash-blocks" or "scratch_triton" not in args.kinds):
+        parser.error("--stages and --warps are for flash-blocks --kinds scratch_triton")
     if args.kinds is None:
         args.kinds = list(ATTENTION_KINDS if args.device.startswith("cuda") else PORTABLE_KINDS)
     if args.experiments is None:

@@ -40,6 +40,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -60,6 +62,27 @@ except ImportError:  # pragma: no cover
 
 
 MAX_HEAD_DIM = 256
+# (num_stages, num_warps) that ``pipeline`` sets for the launches inside it; None: the default.
+_PIPELINE: ContextVar[tuple[int | None, int | None]] = ContextVar(
+    "triton_flash_pipeline", default=(None, None)
+)
+
+
+@contextlib.contextmanager
+def pipeline(num_stages: int | None = None, num_warps: int | None = None) -> Iterator[None]:
+    """Launch the kernels with ``num_stages`` (software pipelining: key/value blocks loaded
+    ahead while one is computed) and ``num_warps`` (threads per program / 32) inside the block,
+    instead of ``_kernel_settings``' choice: what ``bench flash-blocks --kinds scratch_triton
+    --stages --warps`` tries. A forward run inside the block keeps them for its backward."""
+    if num_stages is not None and num_stages < 1:
+        raise ValueError(f"num_stages={num_stages} must be 1 or more")
+    if num_warps is not None and (num_warps < 1 or num_warps > 32 or num_warps & (num_warps - 1)):
+        raise ValueError(f"num_warps={num_warps} must be a power of two from 1 to 32")
+    token = _PIPELINE.set((num_stages, num_warps))
+    try:
+        yield
+    finally:
+        _PIPELINE.reset(token)
 
 
 def available() -> str | None:
@@ -194,7 +217,8 @@ class _TritonFlashAttention(torch.autograd.Function):
         bias = _bias(mask, torch.Size((batch, heads, tgt_len, src_len)))
         out = _empty_output(q, tgt_len, head_dim)  # (B, H, T, d), heads-inner memory
         log_sum_exp = q.new_empty(batch * heads, tgt_len, dtype=torch.float32)  # (B H, T): L
-        settings = _kernel_settings(q, bias, causal, dropout_p, block_q, block_k)
+        tuning = (block_q, block_k, *_PIPELINE.get())
+        settings = _kernel_settings(q, bias, causal, dropout_p, *tuning)
         grid = (batch * heads, triton.cdiv(tgt_len, settings["BLOCK_M"]))
         with _on_device(q):
             _forward[grid](
@@ -203,13 +227,13 @@ class _TritonFlashAttention(torch.autograd.Function):
                 *_sizes_and_dropout(q, k, seed, dropout_p), **settings,
             )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, log_sum_exp, bias, seed)
-        ctx.settings = (causal, dropout_p, block_q, block_k)
+        ctx.settings = (causal, dropout_p, tuning)  # the backward may run on another thread
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, log_sum_exp, bias, seed = ctx.saved_tensors
-        causal, dropout_p, block_q, block_k = ctx.settings
+        causal, dropout_p, tuning = ctx.settings
         batch, heads, tgt_len, _ = q.shape
         grad_out = grad_out.to(q.dtype)  # the products pair it with q, k and v
         # D_i = rowsum(dO_i * O_i): (B H, T), fp32, rows contiguous as the kernels index them
@@ -220,7 +244,7 @@ class _TritonFlashAttention(torch.autograd.Function):
             *_strides(q, k, v, grad_out), *_bias_args(bias, q),
             *_sizes_and_dropout(q, k, seed, dropout_p),
         )  # fmt: skip
-        settings = _kernel_settings(q, bias, causal, dropout_p, block_q, block_k)
+        settings = _kernel_settings(q, bias, causal, dropout_p, *tuning)
         with _on_device(q):
             _backward_dk_dv[(batch * heads, triton.cdiv(k.size(2), settings["BLOCK_N"]))](
                 q, k, v, grad_out, log_sum_exp, delta, grad_k, grad_v,
@@ -264,13 +288,16 @@ def _kernel_settings(
     dropout_p: float,
     block_q: int | None = None,
     block_k: int | None = None,
+    num_stages: int | None = None,
+    num_warps: int | None = None,
 ) -> dict:
     """The kernels' compile-time settings. Block sizes and pipelining depth keep a program's
     on-chip memory under a Hopper GPU's 227 KiB: 64 x 64 blocks with 3 stages need too much for
     d = 256 in half precision or d > 64 in fp32 (Triton's figures, compiled for sm_90), so
     those take fewer stages (and fp32 at d > 128 smaller blocks). Not tuned for speed; given
-    block sizes replace the 64s. Larger ones may not fit (bf16 128 x 64 blocks: 194 KiB for
-    dK/dV at d = 64, 306 KiB at d = 128), and Triton then raises OutOfResources."""
+    block sizes replace the 64s, and ``pipeline``'s stages and warps these. Larger blocks may
+    not fit (bf16 128 x 64 blocks: 194 KiB for dK/dV at d = 64, 306 KiB at d = 128), and
+    Triton then raises OutOfResources."""
     head_dim, fp32 = q.size(-1), q.dtype == torch.float32
     block, stages = 64, 3
     if fp32 and head_dim > 128:
@@ -289,8 +316,9 @@ def _kernel_settings(
         "HAS_BIAS": bias is not None,
         "DROPOUT": dropout_p > 0.0,
         "PRECISION": "ieee" if fp32 and not tf32 else "tf32",
-        "num_stages": stages,
-        "num_warps": 8 if head_dim >= 128 or max(block_q or 0, block_k or 0) >= 128 else 4,
+        "num_stages": num_stages or stages,
+        "num_warps": num_warps
+        or (8 if head_dim >= 128 or max(block_q or 0, block_k or 0) >= 128 else 4),
     }
 
 
