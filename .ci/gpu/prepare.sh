@@ -30,4 +30,6 @@ rm -rf .whl/all
 mkdir -p .gpu/data/MNIST/raw
 for f in /work/shared/data/MNIST/raw/*; do gzip -c "$f" > ".gpu/data/MNIST/raw/$(basename "$f").gz"; done
 cp -r /work/shared/data/multi30k /work/shared/data/ud_english_ewt /work/shared/data/sst2 .gpu/data/
+# The repository's history, so that each run's provenance names its commit there.
+git clone -q --bare . .gpu/repo.git
 ls .whl; du -sh .whl .gpu

@@ -17,6 +17,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 WANDB_MODE=offline
 export DATA_DIR=$PWD/.gpu/data
 gunzip -fq .gpu/data/MNIST/raw/*.gz 2>/dev/null
+[ -d .git ] || { mv .gpu/repo.git .git && git config core.bare false && git reset -q; }
 L=/tmp/logs; B=/tmp/bench; R=/tmp/runs; mkdir -p $L $B $R
 { nvidia-smi; python3 -c "import torch, triton, lightning, hydra, wandb
 print(torch.__version__, triton.__version__, lightning.__version__, hydra.__version__, wandb.__version__)"
