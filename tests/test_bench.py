@@ -140,16 +140,21 @@ def test_flash_blocks_takes_only_the_kinds_with_blocks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["flash-blocks", "--stages", "2"], ["attention", "--warps", "8"]]
+    ("command", "message"),
+    [
+        (["flash-blocks", "--stages", "2"], "are for flash-blocks --kinds scratch_triton"),
+        (["attention", "--warps", "8"], "are for flash-blocks --kinds scratch_triton"),
+        (["flash-blocks", "--kinds", "scratch_triton", "--stages", "0"], "must be 1 or more"),
+        (["flash-blocks", "--kinds", "scratch_triton", "--warps", "6"], "a power of two"),
+    ],
 )
-def test_stages_and_warps_are_only_for_the_triton_kernel(
-    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_stages_and_warps_are_checked_before_anything_runs(
+    command: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
         main([*command, "--out", str(tmp_path)])
-    assert "--stages and --warps are for flash-blocks --kinds scratch_triton" in (
-        capsys.readouterr().err
-    )
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing measured, nothing written
 
 
 def test_train_benchmark_compares_every_kind_to_torch(tmp_path: Path) -> None:

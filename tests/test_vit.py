@@ -42,18 +42,19 @@ def test_conv_stem_gives_the_patch_stems_tokens(
     tokens = conv.to_patch_embedding(images)
     assert tokens.shape == patch.to_patch_embedding(images).shape == (2, grid * grid, 16)
     assert conv.patch_grid == (grid, grid)
-    # One token per grid cell: changing one cell's pixels reaches its own token, not far ones.
+    # Tokens in row-major grid order, each seeing its own cell: changing the top-right cell's
+    # pixels moves token g - 1 (a transposed order would move token (g - 1) g instead).
     changed = images.clone()
-    changed[..., :patch_size, :patch_size] += 1.0
+    changed[..., :patch_size, (grid - 1) * patch_size :] += 1.0
     moved = (conv.to_patch_embedding(changed) - tokens).abs().amax(dim=(0, 2))  # (N,)
-    assert moved[0] > 0 and moved[-1] == 0
+    assert moved[grid - 1] > 0 and moved[(grid - 1) * grid] == 0
 
 
 def test_conv_stem_trains_and_its_kinds_agree() -> None:
     torch.manual_seed(0)
     scratch = VisionTransformer(**SMALL, stem="conv", attention="scratch")
     scratch(torch.randn(4, 1, 28, 28)).sum().backward()
-    assert all(p.grad is not None for p in scratch.to_patch_embedding.parameters())
+    assert all(p.grad.abs().sum() > 0 for p in scratch.to_patch_embedding.parameters())
     reference = VisionTransformer(**SMALL, stem="conv", attention="torch")
     reference.load_state_dict(scratch.state_dict())  # BatchNorm's running statistics too
     images = torch.randn(4, 1, 28, 28)

@@ -6,6 +6,10 @@
 # not Hydra or W&B. Run here, in the repository's root; then `.ci/gpu/session.sh N` there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+  echo "commit first: the machine's runs record the commit they ran" >&2; exit 1
+fi
+pip() { .venv/bin/python -m pip "$@"; }
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.gpu/\n' >> .git/info/exclude
 rm -rf .whl .gpu && mkdir -p .whl .gpu/data
 # Wheels for the machine's Python 3.12 with their dependencies, then without those its image
@@ -26,6 +30,7 @@ for wheel in .whl/all/*.whl; do
   [[ "$HAS" == *" $name "* ]] || mv "$wheel" .whl/
 done
 rm -rf .whl/all
+ls .whl/wandb-*.whl .whl/hydra_core-*.whl .whl/omegaconf-*.whl .whl/antlr4_*.whl > /dev/null
 # MNIST compressed (the machine unpacks it); the text data sets as they are.
 mkdir -p .gpu/data/MNIST/raw
 for f in /work/shared/data/MNIST/raw/*; do gzip -c "$f" > ".gpu/data/MNIST/raw/$(basename "$f").gz"; done

@@ -163,11 +163,9 @@ def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
     backend, timed beside them, for the table's ratio (FlashAttention-2's kernel: ``flash``)."""
     device = torch.device(args.device)
     rows = []
-    for kind, dtype_name, mask, seq_len in itertools.product(
-        args.kinds, args.dtypes, args.masks, args.seq_lens
-    ):
+    for dtype_name, mask, seq_len in itertools.product(args.dtypes, args.masks, args.seq_lens):
         x = torch.randn(args.batch, seq_len, args.d_model, device=device)
-        setting = {"kind": kind, "dtype": dtype_name, "mask": mask, "seq_len": seq_len}
+        setting = {"dtype": dtype_name, "mask": mask, "seq_len": seq_len}
         forward = partial(
             _attention_forward,
             device=device,
@@ -175,23 +173,19 @@ def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
             causal=mask == "causal",
         )
         too_large = set()
-        sizes = args.block_sizes or BLOCK_SIZES[kind]
-        pipelines = list(itertools.product(args.stages, args.warps))
-        if kind != "scratch_triton":
-            pipelines = [(None, None)]
-        for repeat in range(args.repeats):
-            for backend in args.sdpa_backends:  # the reference, timed beside them
+        for repeat in range(args.repeats):  # each repeat times everything, interleaved
+            for backend in args.sdpa_backends:  # the reference
                 torch.manual_seed(0)
                 layer = build_attention("scratch_fused", d_model=args.d_model, n_heads=args.heads)
                 step = partial(forward, layer.to(device), x.clone().requires_grad_())
-                if (measured := _measure(step, device, args.min_time, backend)) is not None:
-                    name, seconds = f"scratch_fused[{backend}]", measured[0]
-                    config = dict.fromkeys(TUNED)  # PyTorch's kernel: none of ours
-                    rows.append({**setting, "kind": name, **config, "repeat": repeat,
-                                 "ms": 1000 * seconds})  # fmt: skip
-            for block_q, block_k, (stages, warps) in itertools.product(sizes, sizes, pipelines):
-                config = dict(zip(TUNED, (block_q, block_k, stages, warps), strict=True))
-                if tuple(config.values()) in too_large:
+                measured = _measure(step, device, args.min_time, backend)
+                if measured is not None:
+                    reference = {"kind": f"scratch_fused[{backend}]", **dict.fromkeys(TUNED)}
+                    rows.append(
+                        {**setting, **reference, "repeat": repeat, "ms": 1000 * measured[0]}
+                    )
+            for kind, config in _configs(args):
+                if (kind, *config.values()) in too_large:
                     continue
                 torch.manual_seed(0)
                 layer = MultiHeadAttention(
@@ -199,19 +193,33 @@ def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
                     args.heads,
                     batch_first=True,
                     kernel=KERNEL_OF_KIND[kind],
-                    block_q=block_q,
-                    block_k=block_k,
+                    block_q=config["block_q"],
+                    block_k=config["block_k"],
                 ).to(device)
                 step = partial(forward, layer, x.clone().requires_grad_())
                 try:
-                    with _pipeline(kind, stages, warps):
+                    with _pipeline(kind, config["stages"], config["warps"]):
                         seconds, _ = _time_and_memory(step, device, args.min_time)
                 except triton_flash.OutOfResources:
-                    too_large.add(tuple(config.values()))
+                    too_large.add((kind, *config.values()))
                     print(f"{kind} {dtype_name}: {config} does not fit on chip; left out")
                     continue
-                rows.append({**setting, **config, "repeat": repeat, "ms": 1000 * seconds})
+                rows.append(
+                    {**setting, "kind": kind, **config, "repeat": repeat, "ms": 1000 * seconds}
+                )
     return rows
+
+
+def _configs(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """(kind, {block_q, block_k, stages, warps}) for every configuration ``flash-blocks`` tries
+    (stages and warps None outside the Triton kernel: it has none)."""
+    configs = []
+    for kind in args.kinds:
+        sizes = args.block_sizes or BLOCK_SIZES[kind]
+        stages, warps = (args.stages, args.warps) if kind == "scratch_triton" else ([None], [None])
+        for values in itertools.product(sizes, sizes, stages, warps):
+            configs.append((kind, dict(zip(TUNED, values, strict=True))))
+    return configs
 
 
 def _pipeline(
@@ -221,6 +229,19 @@ def _pipeline(
     if kind != "scratch_triton":
         return contextlib.nullcontext()
     return triton_flash.pipeline(num_stages=stages, num_warps=warps)
+
+
+_TUNED_AT = list(enumerate(TUNED, start=4))  # where each tuned setting sits in a table key
+
+
+def _shown(kind: str, name: str, value: int | None) -> str:
+    """A tuned setting's cell: '–' where the kind has no such setting (PyTorch's kernel; stages
+    and warps outside Triton), 'default' where the kernel chose it."""
+    if kind.startswith("scratch_fused[") or (
+        name in ("stages", "warps") and kind != "scratch_triton"
+    ):
+        return "–"
+    return "default" if value is None else str(value)
 
 
 def flash_blocks_table(rows: list[dict]) -> str:
@@ -239,7 +260,7 @@ def flash_blocks_table(rows: list[dict]) -> str:
         for name in references:
             reference = ms.get((name, *key[1:4], None, None, None, None))
             ratios.append(f"{ms[key] / reference:.2f}x" if reference else "–")
-        shown = ["default" if value is None else str(value) for value in key]
+        shown = [*map(str, key[:4]), *(_shown(key[0], name, key[i]) for i, name in _TUNED_AT)]
         lines.append("| " + " | ".join([*shown, f"{ms[key]:.2f}", *ratios]) + " |")
     return "\n".join(lines)
 

@@ -3,7 +3,9 @@
 
 - ``attention``: forward + backward time of one multi-head attention layer per kind, over
   sequence lengths, with and without the causal mask, and its memory; ``flash-blocks``: our
-  FlashAttention over a grid of (block_q, block_k). Both in ``attention_lab.bench.kernels``.
+  FlashAttention over a grid of (block_q, block_k), the Triton kernel's also over ``--stages``
+  and ``--warps``, beside ``--sdpa-backends`` (PyTorch's kernels) for the ratio. Both in
+  ``attention_lab.bench.kernels``.
 - ``train``: training (``--inference``: forward) throughput of whole models per kind, the
   tasks' own steps on synthetic batches, optionally compiled (``--compile``) or under autocast
   (``--precision``); ``data``: samples/s of the MNIST pipeline. Both in
@@ -153,6 +155,10 @@ def _defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     tuned = args.stages != [None] or args.warps != [None]
     if tuned and (args.what != "flash-blocks" or "scratch_triton" not in args.kinds):
         parser.error("--stages and --warps are for flash-blocks --kinds scratch_triton")
+    if any(stages is not None and stages < 1 for stages in args.stages):
+        parser.error(f"--stages {args.stages}: each must be 1 or more")
+    if any(warps is not None and warps not in (1, 2, 4, 8, 16, 32) for warps in args.warps):
+        parser.error(f"--warps {args.warps}: each must be a power of two from 1 to 32")
     if args.kinds is None:
         args.kinds = list(ATTENTION_KINDS if args.device.startswith("cuda") else PORTABLE_KINDS)
     if args.experiments is None:

@@ -53,7 +53,8 @@ def conv_stem(in_channels: int, d_model: int, patch_size: int) -> nn.Sequential:
 
 
 class VisionTransformer(nn.Module):
-    """Patches -> linear embedding -> [class token] + positions -> pre-norm encoder -> MLP head.
+    """Patches -> embedding (linear, or ``conv_stem``) -> [class token] + positions -> pre-norm
+    encoder -> MLP head.
 
     With ``stem="patch"`` (the paper's) the patch embedding is a linear map of each flattened
     patch, which is what a convolution with kernel and stride ``patch_size`` computes;
