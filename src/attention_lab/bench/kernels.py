@@ -13,7 +13,6 @@ FlashAttention (``scratch_flash``, ``scratch_triton``) against.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 from collections.abc import Callable
 from functools import partial
@@ -198,7 +197,8 @@ def bench_flash_blocks(args: argparse.Namespace) -> list[dict]:
                 ).to(device)
                 step = partial(forward, layer, x.clone().requires_grad_())
                 try:
-                    with _pipeline(kind, config["stages"], config["warps"]):
+                    # stages and warps are None (no change) outside the Triton kernel
+                    with triton_flash.pipeline(config["stages"], config["warps"]):
                         seconds, _ = _time_and_memory(step, device, args.min_time)
                 except triton_flash.OutOfResources:
                     too_large.add((kind, *config.values()))
@@ -220,15 +220,6 @@ def _configs(args: argparse.Namespace) -> list[tuple[str, dict]]:
         for values in itertools.product(sizes, sizes, stages, warps):
             configs.append((kind, dict(zip(TUNED, values, strict=True))))
     return configs
-
-
-def _pipeline(
-    kind: str, stages: int | None, warps: int | None
-) -> contextlib.AbstractContextManager:
-    """The Triton kernel's stages and warps for the launches inside (other kinds: nothing)."""
-    if kind != "scratch_triton":
-        return contextlib.nullcontext()
-    return triton_flash.pipeline(num_stages=stages, num_warps=warps)
 
 
 _TUNED_AT = list(enumerate(TUNED, start=4))  # where each tuned setting sits in a table key

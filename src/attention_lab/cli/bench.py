@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from attention_lab.bench.kernels import (
 )
 from attention_lab.bench.measure import DTYPES, summarise
 from attention_lab.bench.training import bench_data, bench_train, train_table
+from attention_lab.nn import triton_flash
 from attention_lab.nn.attention import ATTENTION_KINDS, PORTABLE_KINDS
 
 
@@ -155,10 +157,11 @@ def _defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     tuned = args.stages != [None] or args.warps != [None]
     if tuned and (args.what != "flash-blocks" or "scratch_triton" not in args.kinds):
         parser.error("--stages and --warps are for flash-blocks --kinds scratch_triton")
-    if any(stages is not None and stages < 1 for stages in args.stages):
-        parser.error(f"--stages {args.stages}: each must be 1 or more")
-    if any(warps is not None and warps not in (1, 2, 4, 8, 16, 32) for warps in args.warps):
-        parser.error(f"--warps {args.warps}: each must be a power of two from 1 to 32")
+    try:
+        for stages, warps in itertools.product(args.stages, args.warps):
+            triton_flash.check_pipeline(stages, warps)
+    except ValueError as error:
+        parser.error(f"--stages/--warps: {error}")
     if args.kinds is None:
         args.kinds = list(ATTENTION_KINDS if args.device.startswith("cuda") else PORTABLE_KINDS)
     if args.experiments is None:

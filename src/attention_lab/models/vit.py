@@ -110,9 +110,9 @@ class VisionTransformer(nn.Module):
         self.patch_size = patch_size
         self.pooling = pooling
         grid = image_size // patch_size
-        patch_dim = in_channels * patch_size * patch_size
 
         if stem == "patch":
+            patch_dim = in_channels * patch_size * patch_size
             self.to_patch_embedding = nn.Sequential(
                 Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size),
                 nn.Linear(patch_dim, spec.d_model),

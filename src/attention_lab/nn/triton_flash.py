@@ -68,16 +68,21 @@ _PIPELINE: ContextVar[tuple[int | None, int | None]] = ContextVar(
 )
 
 
+def check_pipeline(num_stages: int | None = None, num_warps: int | None = None) -> None:
+    """Refuse stages below 1 and warps that are not a power of two up to 32 (None passes)."""
+    if num_stages is not None and num_stages < 1:
+        raise ValueError(f"num_stages={num_stages} must be 1 or more")
+    if num_warps is not None and (num_warps < 1 or num_warps > 32 or num_warps & (num_warps - 1)):
+        raise ValueError(f"num_warps={num_warps} must be a power of two from 1 to 32")
+
+
 @contextlib.contextmanager
 def pipeline(num_stages: int | None = None, num_warps: int | None = None) -> Iterator[None]:
     """Launch the kernels with ``num_stages`` (software pipelining: key/value blocks loaded
     ahead while one is computed) and ``num_warps`` (threads per program / 32) inside the block,
     instead of ``_kernel_settings``' choice: what ``bench flash-blocks --kinds scratch_triton
     --stages --warps`` tries. A forward run inside the block keeps them for its backward."""
-    if num_stages is not None and num_stages < 1:
-        raise ValueError(f"num_stages={num_stages} must be 1 or more")
-    if num_warps is not None and (num_warps < 1 or num_warps > 32 or num_warps & (num_warps - 1)):
-        raise ValueError(f"num_warps={num_warps} must be a power of two from 1 to 32")
+    check_pipeline(num_stages, num_warps)
     token = _PIPELINE.set((num_stages, num_warps))
     try:
         yield
