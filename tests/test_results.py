@@ -204,20 +204,39 @@ def test_keep_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "not a finished run" in capsys.readouterr().err
 
 
-def test_a_bleu_row_is_in_the_reported_metric_with_its_signature(tmp_path: Path) -> None:
-    run = _run(tmp_path / "d" / "t", "scratch", 0, 0.5, ["experiment=multi30k_transformer"])
+def _bleu_run(path: Path, seed: int, test: dict[str, float]) -> Path:
+    """A finished multi30k_transformer run with these test figures, reported in bleu_lc."""
+    run = _run(path, "scratch", seed, 0.5, ["experiment=multi30k_transformer"])
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
     config.experiment_name = "multi30k_transformer"
     config.reported = {"metric": "test/bleu_lc", "value": 36.5, "source": "a tutorial"}
     OmegaConf.save(config, run / ".hydra" / "config.yaml")
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics["monitor"] = "val/bleu"
-    metrics["test"] = {"test/bleu": 38.95, "test/bleu_lc": 39.19}
+    metrics["monitor"] = "val/bleu" if "test/bleu" in test else "val/bleu_lc"
+    metrics["test"] = test
     (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_a_bleu_row_is_in_the_reported_metric_with_its_signature(tmp_path: Path) -> None:
+    run = _bleu_run(tmp_path / "d" / "t", 0, {"test/bleu": 38.95, "test/bleu_lc": 39.19})
     keep(run, tmp_path / "results")
     table = results_table(load_records(tmp_path / "results"))
     signature = "nrefs:1|case:lc|eff:no|tok:13a|smooth:exp"
-    assert f"| test/bleu_lc ({signature}) | 39.19 | 1 | 36.50 |" in table
+    # Lowercased BLEU is the row's figure, the cased score beside it.
+    assert f"| test/bleu_lc ({signature}) | 39.19; cased 38.95 | 1 | 36.50 |" in table
+
+
+def test_the_cased_bleu_is_left_out_when_a_record_lacks_it(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for seed, test in enumerate(
+        [{"test/bleu": 38.0, "test/bleu_lc": 39.0}, {"test/bleu": 40.0, "test/bleu_lc": 41.0}]
+    ):
+        keep(_bleu_run(tmp_path / "d" / str(seed), seed, test), results, name=f"s{seed}")
+    assert "| 40.00 ± 1.41; cased 39.00 ± 1.41 | 2 |" in results_table(load_records(results))
+    keep(_bleu_run(tmp_path / "d" / "2", 2, {"test/bleu_lc": 40.0}), results, name="s2")
+    row = results_table(load_records(results)).splitlines()[2]
+    assert "| 40.00 ± 1.00 | 3 |" in row and "cased" not in row
 
 
 def test_the_command_names_the_experiment_file_not_a_renamed_run(tmp_path: Path) -> None:

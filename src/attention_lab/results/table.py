@@ -21,10 +21,11 @@ to a second table, of ablations and variants, which sets it beside its experimen
 seed by seed (the paired difference: with the same seed most changes start from the same
 weights and see the same batches). The test metric is the one the experiment's ``reported:``
 figure is in (else the test metric of the checkpoint monitor); a BLEU figure carries its
-SacreBLEU signature. Experiments in ``conf/experiment/`` without a record are named under the
-table, so a missing row is visible rather than silent. When an experiment file takes a new
-recipe, the records made before restate theirs in a ``recipe.yaml`` (``results.recipes``), and
-``--results --check`` fails for any record whose command no longer makes its run.
+SacreBLEU signature, and lowercased BLEU has the cased score beside it (``BESIDE``).
+Experiments in ``conf/experiment/`` without a record are named under the table, so a missing
+row is visible rather than silent. When an experiment file takes a new recipe, the records
+made before restate theirs in a ``recipe.yaml`` (``results.recipes``), and ``--results --check``
+fails for any record whose command no longer makes its run.
 """
 
 from __future__ import annotations
@@ -239,6 +240,11 @@ def _command(overrides: list[str]) -> str:
     return " ".join(["python", "train.py", *sweep, *overrides])
 
 
+# A figure shown beside a row's own, when every record of the row has it: lowercased BLEU is
+# the tutorials' figure, cased SacreBLEU the one papers compare.
+BESIDE = {"test/bleu_lc": ("test/bleu", "cased")}
+
+
 def _score(values: list[float], metric: str) -> str:
     mean, std = mean_std(values)
     return (
@@ -258,6 +264,16 @@ def _metric(members: list[Record]) -> tuple[str, list[float]]:
         experiment = members[0].run.experiment
         raise ConfigError(f"{experiment}: a record below has no {metric} in {METRICS_FILE}")
     return metric, values
+
+
+def _beside(members: list[Record], metric: str) -> str:
+    """``"; cased 40.13 ± 0.25"``: the ``BESIDE`` figure of ``metric`` over ``members``, or ""
+    when it has none or a member lacks it."""
+    if metric not in BESIDE:
+        return ""
+    other, name = BESIDE[metric]
+    values = [m.run.metrics["test"].get(other) for m in members]
+    return "" if None in values else f"; {name} {_score(values, other)}"
 
 
 def _points(value: float, metric: str) -> str:
@@ -305,8 +321,9 @@ def results_table(records: list[Record], experiments: list[str] | None = None) -
             )
         )
         lines.append(
-            f"| {experiment} | {attention} | {_shown_metric(metric)} | {_score(values, metric)} "
-            f"| {len(runs)} | {shown} | {epochs} | {fit} | {machine} | `{command}` |"
+            f"| {experiment} | {attention} | {_shown_metric(metric)} "
+            f"| {_score(values, metric)}{_beside(members, metric)} | {len(runs)} | {shown} "
+            f"| {epochs} | {fit} | {machine} | `{command}` |"
         )
     if not groups:
         lines = ["No run records yet."]
@@ -369,7 +386,8 @@ def variants_table(records: list[Record]) -> str:
         where = attention if machine == "cpu" else f"{attention} ({machine})"
         lines.append(
             f"| {experiment} | {' '.join(change)} | {where} | {_shown_metric(metric)} "
-            f"| {_score(values, metric)} | {len(members)} | {delta} | `{command}` |"
+            f"| {_score(values, metric)}{_beside(members, metric)} | {len(members)} | {delta} "
+            f"| `{command}` |"
         )
     return "\n".join(lines)
 
