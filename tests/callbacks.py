@@ -32,6 +32,38 @@ class SignalDuringValidation(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SignalDuringTraining(L.Callback):
+    """Send ``signum`` to this process as training batch ``batch`` of ``epoch`` starts."""
+
+    def __init__(self, *, epoch: int, batch: int, signum: int) -> None:
+        self.epoch = epoch
+        self.batch = batch
+        self.signum = signum
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
+
+
+class RecordBatches(L.Callback):
+    """Append each training batch's epoch, index and a fingerprint of its inputs to ``path``:
+    which samples a run trained on, in which order."""
+
+    def __init__(self, *, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int
+    ) -> None:
+        tensors = [t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, torch.Tensor)]
+        row = {"epoch": trainer.current_epoch, "batch": batch_idx}
+        row["sums"] = [float(t.double().sum()) for t in tensors]
+        with open(self.path, "a") as file:
+            file.write(json.dumps(row) + "\n")
+
+
 class RecordLearningRate(L.Callback):
     """Append each training step's learning rate (first parameter group) to ``path``."""
 

@@ -13,8 +13,8 @@ import torch
 import attention_lab.data.download as download
 import attention_lab.data.multi30k as multi30k
 from attention_lab.bleu import SIGNATURES, CorpusBLEU
-from attention_lab.data.batching import BucketBatchSampler
 from attention_lab.data.multi30k import Multi30kDataModule
+from attention_lab.data.order import BucketBatchSampler
 from attention_lab.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -116,7 +116,7 @@ def test_bucketing_covers_every_pair_once_and_groups_lengths() -> None:
     assert sorted(i for batch in batches for i in batch) == list(range(1000))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
     assert spread / len(batches) < 10  # random batches would span about 45
-    sampler.set_epoch(1)
+    sampler.sampler.set_epoch(1)  # Lightning sets the epoch of a batch sampler's sampler
     assert list(sampler) != batches
 
 

@@ -148,6 +148,65 @@ def test_interrupted_run_resumes_to_identical_metrics(
     _assert_same_training_state(tmp_path, unbroken_run)
 
 
+# Several batches an epoch, dropout, augmentation (MNIST) and word dropout (UD): every draw
+# that a resume could change. The signal arrives as batch 3 of epoch 1 starts, so the run saves
+# after that batch and the resumed one has batches 4 on of epoch 1 left.
+MID_EPOCH = {
+    "mnist": ("data.batch_size=32", "data.augment={degrees:10,translate:0.1,scale:[0.9,1.1]}"),
+    "ud": ("experiment=ud_pos_transformer", "data.vocab_size=100", "data.batch_size=32"),
+}
+
+
+def _config_recording_batches(
+    run_dir: Path, data_dir: Path, *overrides: str, stop_at: tuple[int, int] | None = None
+) -> DictConfig:
+    """``_config`` that writes each training batch's fingerprint to ``run_dir/batches.jsonl``
+    and, with ``stop_at=(epoch, batch)``, sends itself SIGTERM as that batch starts."""
+    cfg = _config(run_dir, data_dir, *overrides)
+    with open_dict(cfg):
+        path = str(run_dir / "batches.jsonl")
+        cfg.callbacks.batches = {"_target_": "tests.callbacks.RecordBatches", "path": path}
+        if stop_at is not None:
+            cfg.callbacks.signal = {
+                "_target_": "tests.callbacks.SignalDuringTraining",
+                "epoch": stop_at[0],
+                "batch": stop_at[1],
+                "signum": int(signal.SIGTERM),
+            }
+    return cfg
+
+
+def _batches(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "batches.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("data", sorted(MID_EPOCH))
+def test_a_run_stopped_mid_epoch_resumes_on_the_batches_it_had_left(
+    data: str, tiny_mnist: Path, tiny_ud: Path, tmp_path: Path
+) -> None:
+    data_dir = tiny_mnist if data == "mnist" else tiny_ud
+    overrides = [o for o in DETERMINISTIC if data == "mnist" or "val_size" not in o]
+    overrides += MID_EPOCH[data]
+    unbroken = tmp_path / "unbroken"
+    train(_config_recording_batches(unbroken, data_dir, *overrides))
+    order = _batches(unbroken)
+    per_epoch = len(order) // 3
+    assert per_epoch >= 6
+    # Each epoch has its own order (Lightning sets the epoch of the batch sampler's sampler).
+    epoch0, epoch1 = order[:per_epoch], order[per_epoch : 2 * per_epoch]
+    assert [b["sums"] for b in epoch0] != [b["sums"] for b in epoch1]
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(_config_recording_batches(stopped, data_dir, *overrides, stop_at=(1, 3)))
+    assert (stop.value.epoch, stop.value.step) == (1, per_epoch + 4)
+    resumed = train(_config_recording_batches(stopped, data_dir, *overrides, "ckpt_path=last"))
+
+    assert _batches(stopped) == order  # no batch trained twice, none left out, same order
+    assert _comparable(resumed)["test"] == _comparable(_metrics(unbroken))["test"]
+    _assert_same_training_state(stopped, unbroken)
+
+
 def test_checkpoints_load_with_weights_only_and_carry_rng_state(unbroken_run: Path) -> None:
     checkpoint = torch.load(
         unbroken_run / "checkpoints" / LAST_CHECKPOINT, map_location="cpu", weights_only=True

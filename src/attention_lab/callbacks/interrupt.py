@@ -34,7 +34,8 @@ class CheckpointOnSignal(Checkpoint):
     checkpoints and the epoch's records (loggers, ``history.jsonl``) are written, and the run
     stops before the next epoch; resumed, it goes on with that next epoch, so every epoch is
     recorded once and whole. Stopped in the middle of a training epoch, it resumes that epoch
-    mid-way: that epoch's training metrics then cover the batches after the resume only.
+    mid-way, on the batches it had not trained on (``data.order``): that epoch's training
+    metrics then cover the batches after the resume only.
 
     A ``Checkpoint`` so that Lightning calls it after the model and after every
     ``ModelCheckpoint``: a signal that arrives during validation stops the run only once the

@@ -3,13 +3,12 @@ loaders of their three splits."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import lightning as L
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from attention_lab.data.order import BucketBatchSampler, ResumableOrder, loader_generator
 from attention_lab.errors import ConfigError
 
 
@@ -22,49 +21,11 @@ def check_batch_sizes(batch_size: int, eval_batch_size: int) -> None:
         )
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of sentences of similar length, so little of a batch is padding.
-
-    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort each
-    pool by length, cut it into batches and shuffle the batches. Seeded by ``seed`` and the
-    epoch (Lightning calls ``set_epoch``), so runs repeat.
-    """
-
-    def __init__(
-        self, lengths: Sequence[int], *, batch_size: int, seed: int = 0, pool_batches: int = 50
-    ) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.pool_size = batch_size * pool_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle differently for each epoch."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        batches = []
-        for start in range(0, len(order), self.pool_size):
-            pool = sorted(order[start : start + self.pool_size], key=self.lengths.__getitem__)
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        rng.shuffle(batches)
-        return iter(batches)
-
-    def __len__(self) -> int:
-        full_pools, rest = divmod(len(self.lengths), self.pool_size)
-        per_pool = -(-self.pool_size // self.batch_size)
-        return full_pools * per_pool + -(-rest // self.batch_size)
-
-
-class SplitsDataModule(L.LightningDataModule):
+class SplitsDataModule(ResumableOrder):
     """A data module whose ``datasets`` "train", "val" and "test" each have ``lengths``:
-    training batches of similar lengths (``BucketBatchSampler``), evaluation batches in the data's
-    order. A subclass fills ``datasets`` in ``setup`` and says how samples are batched
-    (``collate_fn``)."""
+    training batches of similar lengths (``order.BucketBatchSampler``, resumable mid-epoch),
+    evaluation batches in the data's order. A subclass fills ``datasets`` in ``setup`` and says
+    how samples are batched (``collate_fn``)."""
 
     def __init__(
         self,
@@ -90,7 +51,7 @@ class SplitsDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
         sampler = BucketBatchSampler(dataset.lengths, batch_size=self.batch_size, seed=self.seed)
-        return self._loader(dataset, batch_sampler=sampler)
+        return self._loader(dataset, batch_sampler=self.training_order(sampler))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], batch_size=self.eval_batch_size)
@@ -104,5 +65,6 @@ class SplitsDataModule(L.LightningDataModule):
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=loader_generator(self.seed),
             **batching,
         )

@@ -9,8 +9,8 @@ and has no validation split, as the course notebooks do.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
@@ -18,8 +18,10 @@ from torchvision.datasets import MNIST
 
 from attention_lab.data.augment import random_affine
 from attention_lab.data.batching import check_batch_sizes
+from attention_lab.data.order import ResumableOrder, ShuffledBatches, loader_generator, processes
 from attention_lab.errors import ConfigError, DataNotFoundError
 
+SHUFFLES = ("seeded", "torch")
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -56,7 +58,7 @@ def synthetic_images(
     return images, torch.randint(num_classes, (batch_size,), generator=generator)
 
 
-class MNISTDataModule(L.LightningDataModule):
+class MNISTDataModule(ResumableOrder):
     """MNIST with a seeded train/validation split (55,000/5,000 by default) and the test set.
 
     ``val_size=0``: no validation split; the training set is all training images, in the order
@@ -65,6 +67,10 @@ class MNISTDataModule(L.LightningDataModule):
     [0, 1] values, as the course notebooks feed them.
     ``augment`` holds the keyword arguments of ``random_affine`` (degrees, translate, scale),
     applied to training batches only; None for none.
+    ``shuffle``: "seeded", each epoch's batches in an order of the seed and the epoch, so that a
+    run resumes mid-epoch on the batches it had left (``data.order``); "torch", PyTorch's
+    ``DataLoader(shuffle=True)``, which draws each epoch's order from the global generator, as
+    the course notebooks' loop does (a run then resumes exactly at epoch boundaries only).
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int = 0,
         normalize: bool = True,
         augment: dict | None = None,
+        shuffle: str = "seeded",
     ) -> None:
         super().__init__()
         check_batch_sizes(batch_size, eval_batch_size)
@@ -85,6 +92,8 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.val_size={val_size} must be 0 (no validation split) or positive"
             )
+        if shuffle not in SHUFFLES:
+            raise ConfigError(f"data.shuffle={shuffle!r} must be one of {', '.join(SHUFFLES)}")
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -93,6 +102,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.seed = seed
         self.normalize = normalize
         self.augment = dict(augment) if augment else None
+        self.shuffle = shuffle
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
@@ -141,22 +151,31 @@ class MNISTDataModule(L.LightningDataModule):
         tokens)."""
         return synthetic_images(self.batch_size, generator=generator)
 
-    def _loader(self, dataset: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: TensorDataset, **batching: Any) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # "torch": the plain loaders of the notebooks, whose draws share the global generator
+            generator=loader_generator(self.seed) if self.shuffle == "seeded" else None,
+            **batching,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if self.shuffle == "torch":
+            if processes()[0] > 1:
+                raise ConfigError(
+                    "data.shuffle=torch gives every process all the training batches; "
+                    "use data.shuffle=seeded in a distributed run"
+                )
+            return self._loader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        order = ShuffledBatches(len(self.train_set), batch_size=self.batch_size, seed=self.seed)
+        return self._loader(self.train_set, batch_sampler=self.training_order(order))
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:  # val_size=0: Lightning runs no validation for an empty list
             return []
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, batch_size=self.eval_batch_size)

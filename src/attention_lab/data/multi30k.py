@@ -8,7 +8,7 @@ A subword tokenizer (see ``tokenizer.py``) is trained on the training split only
 both languages or one per language, and cached as JSON beside the data. Sentences become
 source = pieces + <eos> and target = <bos> + pieces + <eos>; those longer than ``max_len``
 tokens are truncated, and how many were is logged. Batches are padded to their longest
-sentence; training batches hold sentences of similar length (see ``BucketBatchSampler``).
+sentence; training batches hold sentences of similar length (``order.BucketBatchSampler``).
 """
 
 from __future__ import annotations

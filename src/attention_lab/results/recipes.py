@@ -32,7 +32,8 @@ from attention_lab.errors import ConfigError
 
 RECIPE_FILE = "recipe.yaml"
 
-# Settings that say where a run reads, writes and logs, or how it shows progress: not the recipe.
+# Settings that say where a run reads, writes and logs, how it shows progress, or which random
+# stream it draws from: not the recipe.
 WHEREABOUTS = (
     "paths.",
     "hydra.",
@@ -44,6 +45,9 @@ WHEREABOUTS = (
     "data.tokenizer_dir",
     "data.num_workers",
     "trainer.enable_progress_bar",
+    # Which random stream orders the batches (both draw a fresh shuffle every epoch from the
+    # seed): MNIST records made before data.shuffle=seeded existed ran PyTorch's shuffle.
+    "data.shuffle",
 )
 
 
