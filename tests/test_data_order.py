@@ -27,15 +27,15 @@ def _flat(batches: list[list[int]]) -> list[int]:
 def test_a_permutation_depends_on_the_seed_and_the_epoch_only() -> None:
     first = EpochPermutation(100, seed=3)
     torch.manual_seed(0)
-    order = list(first)
-    assert sorted(order) == list(range(100))
+    permutation = list(first)
+    assert sorted(permutation) == list(range(100))
     torch.manual_seed(1)  # the global generator has no say
-    assert list(EpochPermutation(100, seed=3)) == order
+    assert list(EpochPermutation(100, seed=3)) == permutation
     first.set_epoch(1)
-    assert list(first) != order
+    assert list(first) != permutation
     first.set_epoch(0)
-    assert list(first) == order
-    assert list(EpochPermutation(100, seed=4)) != order
+    assert list(first) == permutation
+    assert list(EpochPermutation(100, seed=4)) != permutation
 
 
 def test_shuffled_batches_cover_every_sample_once_an_epoch() -> None:

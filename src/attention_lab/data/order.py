@@ -47,6 +47,11 @@ class EpochPermutation(Sampler[int]):
         return self.size
 
 
+def _cut(indices: list[int], batch_size: int) -> list[list[int]]:
+    """``indices`` in batches of ``batch_size``, the last one shorter."""
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
 def processes() -> tuple[int, int]:
     """(number of processes, this one's rank) of a distributed run; (1, 0) otherwise."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -105,8 +110,7 @@ class ShuffledBatches(EpochBatches):
         self.batch_size = batch_size
 
     def epoch_batches(self) -> list[list[int]]:
-        order = list(self.sampler)
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return _cut(list(self.sampler), self.batch_size)
 
     def batches_per_epoch(self) -> int:
         return -(-self.sampler.size // self.batch_size)
@@ -133,7 +137,7 @@ class BucketBatchSampler(EpochBatches):
         batches = []
         for start in range(0, len(order), self.pool_size):
             pool = sorted(order[start : start + self.pool_size], key=self.lengths.__getitem__)
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            batches += _cut(pool, self.batch_size)
         return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
     def batches_per_epoch(self) -> int:
