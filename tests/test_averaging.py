@@ -1,6 +1,7 @@
 """Checkpoint averaging (``callbacks.average_last_epochs.epochs=N``): validation, the saved
 checkpoints and the test see the mean of the last N epochs' weights; training goes on from its
-own weights, also after a resume; 0 leaves a run unchanged; a negative N is one error."""
+own weights, also after a resume; a run without validation (``data.val_size=0``) averages too;
+0 leaves a run unchanged; a negative N is one error."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from attention_lab.callbacks.averaging import TRAINING_WEIGHTS, AverageLastEpochs
+from attention_lab.cli.evaluate import evaluate
 from attention_lab.errors import ConfigError
 from attention_lab.run.checkpoints import LAST_CHECKPOINT
 from attention_lab.run.training import train
@@ -78,6 +80,24 @@ def test_training_goes_on_from_its_own_weights(
         _assert_close_weights(_weights(averaged_run, epoch), _weights(plain, epoch))
 
 
+def test_a_run_without_validation_tests_and_saves_the_mean(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    overrides = (*AVERAGED, "data.val_size=0")
+    metrics = _run(tmp_path, tiny_mnist, *overrides)
+    assert metrics["best_checkpoint"] is None  # nothing to choose by: the final model is tested
+    epochs = [_weights(tmp_path, epoch) for epoch in (1, 2)]
+    mean = {name: (epochs[0][name] + epochs[1][name]) / 2 for name in epochs[1]}
+    last = tmp_path / "checkpoints" / LAST_CHECKPOINT
+    _assert_close_weights(_checkpoint(last)["state_dict"], mean)
+    _assert_close_weights(_checkpoint(last)[TRAINING_WEIGHTS], epochs[1])
+    # The record's test figure is the mean's: evaluating the saved mean gives it again.
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(_config(tmp_path, tiny_mnist, *overrides), tmp_path / ".hydra" / "config.yaml")
+    tested = evaluate(last, split="test")["test"]
+    assert tested["test/loss"] == pytest.approx(metrics["test"]["test/loss"], rel=1e-5)
+
+
 class Climb(L.LightningModule):
     """One weight w that each training step raises by exactly 1 (SGD, lr 1, loss -w);
     validation logs w as ``val/w``, so a validated mean shows as the mean of the w's."""
@@ -92,16 +112,26 @@ class Climb(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.log("val/w", self.w.detach())
 
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("test/w", self.w.detach())
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=1.0)
 
 
 def _climb(
-    folder: Path, *, stop_after: int | None = None, resume: bool = False, epochs: int = 3
+    folder: Path,
+    *,
+    stop_after: int | None = None,
+    resume: bool = False,
+    epochs: int = 3,
+    validate: bool = True,
+    test: list[float] | None = None,
 ) -> list[float]:
     """Fit ``Climb`` (one step an epoch) for 5 epochs, the last ``epochs`` averaged, saving
-    ``folder/last.ckpt`` every epoch; ``stop_after`` an epoch, or ``resume`` from last.ckpt.
-    Returns the ``val/w`` of each epoch validated in this fit."""
+    ``folder/last.ckpt`` every epoch; ``stop_after`` an epoch, or ``resume`` from last.ckpt;
+    ``validate=False``: no validation data. Returns the ``val/w`` of each epoch validated in
+    this fit, and appends to ``test`` the ``test/w`` of the final weights tested after it."""
     seen: list[float] = []
 
     class Record(L.Callback):
@@ -125,7 +155,10 @@ def _climb(
         num_sanity_val_steps=0,
     )
     ckpt_path = folder / "last.ckpt" if resume else None
-    trainer.fit(Climb(), data, data, ckpt_path=ckpt_path, weights_only=True)
+    model = Climb()
+    trainer.fit(model, data, data if validate else None, ckpt_path=ckpt_path, weights_only=True)
+    if test is not None:
+        test.append(float(trainer.test(model, data, verbose=False)[0]["test/w"]))
     return seen
 
 
@@ -141,6 +174,31 @@ def test_a_resumed_fit_goes_on_from_the_training_weight_and_the_sum(tmp_path: Pa
     assert _climb(tmp_path, stop_after=3) == [1.0, 2.0, 3.0, 3.5]
     # Resumed from the mean (3.5) the weight would reach 4.5 and the mean (3 + 4 + 4.5) / 3.
     assert _climb(tmp_path, resume=True) == [4.0]
+    assert float(_checkpoint(tmp_path / "last.ckpt")[TRAINING_WEIGHTS]["w"]) == 5.0
+
+
+def test_the_fit_ends_on_the_mean_which_a_test_of_the_final_weights_sees(tmp_path: Path) -> None:
+    tested: list[float] = []
+    assert _climb(tmp_path, test=tested) == [1.0, 2.0, 3.0, 3.5, 4.0]
+    assert tested == [4.0]
+
+
+def test_without_validation_each_epoch_joins_the_mean_as_it_ends(tmp_path: Path) -> None:
+    # No validation split (data.val_size=0): no validation hook runs, no best checkpoint is
+    # chosen, and the final weights are tested.
+    tested: list[float] = []
+    assert _climb(tmp_path, validate=False, test=tested) == []
+    assert tested == [4.0]  # (3 + 4 + 5) / 3, not the last epoch's 5
+    checkpoint = _checkpoint(tmp_path / "last.ckpt")
+    assert float(checkpoint["state_dict"]["w"]) == 4.0
+    assert float(checkpoint[TRAINING_WEIGHTS]["w"]) == 5.0
+
+
+def test_without_validation_a_resumed_fit_keeps_the_sum(tmp_path: Path) -> None:
+    _climb(tmp_path, validate=False, stop_after=3)  # epochs 2 and 3 joined: 3 + 4
+    tested: list[float] = []
+    _climb(tmp_path, validate=False, resume=True, test=tested)
+    assert tested == [4.0]
     assert float(_checkpoint(tmp_path / "last.ckpt")[TRAINING_WEIGHTS]["w"]) == 5.0
 
 

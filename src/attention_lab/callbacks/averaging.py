@@ -23,7 +23,9 @@ TRAINING_WEIGHTS = "training_state_dict"  # the checkpoint key of the weights tr
 class AverageLastEpochs(L.Callback):
     """From epoch ``max_epochs - epochs`` on, each epoch's final weights join an equal-weight
     running mean, and validation (and so ``ModelCheckpoint``'s choice of the best epoch) sees
-    the mean of the epochs so far. ``epochs=0`` leaves the run as it is.
+    the mean of the epochs so far. The fit ends with the mean in the module, so a test of the
+    final weights (a run without validation, ``data.val_size=0``, has no best checkpoint) sees
+    it too. ``epochs=0`` leaves the run as it is.
 
     Floating-point tensors of the ``state_dict`` are averaged; others (integer buffers) are the
     latest epoch's. The sum is kept in float32 on the weights' device.
@@ -38,7 +40,9 @@ class AverageLastEpochs(L.Callback):
         self._sum: dict[str, Tensor] = {}
         self._count = 0
         self._last_epoch = -1  # the last epoch whose weights joined the sum
-        self._training: dict[str, Tensor] | None = None  # held while the mean is evaluated
+        # The weights training goes on from, while the module holds the mean (during validation and
+        # once the fit has ended).
+        self._training: dict[str, Tensor] | None = None
 
     def _averaging(self, trainer: L.Trainer) -> bool:
         """Whether this epoch's weights join the mean."""
@@ -66,9 +70,9 @@ class AverageLastEpochs(L.Callback):
         }
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._averaging(trainer):
+        if trainer.state.fn != "fit" or trainer.sanity_checking or not self._averaging(trainer):
             return
-        weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
+        weights = _copy(pl_module.state_dict())
         if trainer.current_epoch > self._last_epoch:  # once an epoch, however often validated
             self._add(weights)
             self._last_epoch = trainer.current_epoch
@@ -76,9 +80,24 @@ class AverageLastEpochs(L.Callback):
         pl_module.load_state_dict(self._averaged_state(weights))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._training is not None:
+        if trainer.state.fn == "fit" and self._training is not None:
             pl_module.load_state_dict(self._training)
             self._training = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # An epoch that was not validated (no validation split, or check_val_every_n_epoch > 1)
+        # joins the mean here, before its checkpoints are saved (Lightning calls checkpoint
+        # callbacks after this one). A validated epoch joined when its validation began.
+        if self._averaging(trainer) and trainer.current_epoch > self._last_epoch:
+            self._add(_copy(pl_module.state_dict()))
+            self._last_epoch = trainer.current_epoch
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The final model is the mean; a checkpoint saved from here on still holds the weights
+        # training would go on from beside it.
+        if self._count:
+            self._training = _copy(pl_module.state_dict())
+            pl_module.load_state_dict(self._averaged_state(self._training))
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -103,3 +122,7 @@ class AverageLastEpochs(L.Callback):
         self._sum = dict(state_dict["sum"])
         self._count = int(state_dict["count"])
         self._last_epoch = int(state_dict["last_epoch"])
+
+
+def _copy(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: value.detach().clone() for name, value in weights.items()}
