@@ -14,13 +14,17 @@ batches of an unbroken one, in the same order (``tests/test_reliability.py``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import Sampler
+
+_MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 class EpochPermutation(Sampler[int]):
@@ -175,6 +179,11 @@ class ResumableOrder(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
+            # Lightning warns of a mid-epoch resume unless the loader itself is stateful; here
+            # the data module's state makes the resume exact, so the warning would mislead.
+            warnings.filterwarnings(
+                "ignore", message=_MID_EPOCH_WARNING, category=PossibleUserWarning
+            )
 
     def training_order(self, sampler: EpochBatches) -> EpochBatches:
         """``sampler``, set to resume where the loaded checkpoint stopped (once)."""
