@@ -15,10 +15,10 @@ from omegaconf import OmegaConf, open_dict
 
 from attention_lab.callbacks.averaging import TRAINING_WEIGHTS, AverageLastEpochs
 from attention_lab.cli.evaluate import evaluate
-from attention_lab.errors import ConfigError
+from attention_lab.errors import ConfigError, TrainingInterrupted
 from attention_lab.run.checkpoints import LAST_CHECKPOINT
 from attention_lab.run.training import train
-from tests.test_reliability import DETERMINISTIC, _config
+from tests.test_reliability import DETERMINISTIC, _config, _config_recording_batches
 
 AVERAGED = (*DETERMINISTIC, "callbacks.average_last_epochs.epochs=2")  # epochs 1 and 2 of 3
 
@@ -96,6 +96,24 @@ def test_a_run_without_validation_tests_and_saves_the_mean(
     OmegaConf.save(_config(tmp_path, tiny_mnist, *overrides), tmp_path / ".hydra" / "config.yaml")
     tested = evaluate(last, split="test")["test"]
     assert tested["test/loss"] == pytest.approx(metrics["test"]["test/loss"], rel=1e-5)
+
+
+def test_a_run_without_validation_stopped_and_resumed_tests_the_same_mean(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    overrides = (*AVERAGED, "data.val_size=0")
+    unbroken = train(_config(tmp_path / "unbroken", tiny_mnist, *overrides))
+    per_epoch = unbroken["steps"] // 3
+    stopped = tmp_path / "stopped"
+    # SIGTERM as the last batch of epoch 1 (the first averaged one) starts.
+    cfg = _config_recording_batches(stopped, tiny_mnist, *overrides, stop_at=(1, per_epoch - 1))
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    resumed = train(_config(stopped, tiny_mnist, *overrides, "ckpt_path=last"))
+    assert resumed["test"] == unbroken["test"]
+    # Resumed again, the finished run has no epoch left to train: it tests the mean once more.
+    again = train(_config(stopped, tiny_mnist, *overrides, "ckpt_path=last"))
+    assert again["test"] == unbroken["test"]
 
 
 class Climb(L.LightningModule):

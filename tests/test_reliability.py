@@ -149,6 +149,27 @@ def test_interrupted_run_resumes_to_identical_metrics(
     _assert_same_training_state(tmp_path, unbroken_run)
 
 
+def test_a_signal_in_an_epochs_last_batch_stops_after_that_epochs_validation(
+    unbroken_run: Path, tiny_mnist: Path, tmp_path: Path
+) -> None:
+    # Saved in its last batch, the epoch would count as done on resume and never be validated.
+    cfg = _config_recording_batches(tmp_path, tiny_mnist, *DETERMINISTIC, stop_at=(0, 1))
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(cfg)
+    assert (stopped.value.epoch, stopped.value.step) == (0, 2)  # two batches an epoch
+    assert (tmp_path / "checkpoints" / "epoch000.ckpt").is_file()  # validated, then saved
+
+    resumed = train(_config(tmp_path, tiny_mnist, *DETERMINISTIC, "ckpt_path=last"))
+    assert _comparable(resumed) == _comparable(_metrics(unbroken_run))
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [(row["epoch"], "val/acc" in row) for row in history] == [
+        (0, True),
+        (1, True),
+        (2, True),
+    ]
+    _assert_same_training_state(tmp_path, unbroken_run)
+
+
 # Several batches an epoch, dropout, augmentation (MNIST) and word dropout (UD): every draw
 # that a resume could change. The signal arrives as batch 3 of epoch 1 starts, so the run saves
 # after that batch and the resumed one has batches 4 on of epoch 1 left.

@@ -40,8 +40,7 @@ class AverageLastEpochs(L.Callback):
         self._sum: dict[str, Tensor] = {}
         self._count = 0
         self._last_epoch = -1  # the last epoch whose weights joined the sum
-        # The weights training goes on from, while the module holds the mean (during validation and
-        # once the fit has ended).
+        # The weights training goes on from, while validation sees the mean.
         self._training: dict[str, Tensor] | None = None
 
     def _averaging(self, trainer: L.Trainer) -> bool:
@@ -87,17 +86,19 @@ class AverageLastEpochs(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # An epoch that was not validated (no validation split, or check_val_every_n_epoch > 1)
         # joins the mean here, before its checkpoints are saved (Lightning calls checkpoint
-        # callbacks after this one). A validated epoch joined when its validation began.
+        # callbacks after this one). A validated epoch joined when its first validation began.
         if self._averaging(trainer) and trainer.current_epoch > self._last_epoch:
             self._add(_copy(pl_module.state_dict()))
             self._last_epoch = trainer.current_epoch
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The final model is the mean; a checkpoint saved from here on still holds the weights
-        # training would go on from beside it.
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The final model is the mean. Lightning calls this hook (not on_train_end) also when
+        # a resumed run had no epoch left to train, whose module holds the training weights.
         if self._count:
-            self._training = _copy(pl_module.state_dict())
-            pl_module.load_state_dict(self._averaged_state(self._training))
+            pl_module.load_state_dict(self._averaged_state(pl_module.state_dict()))
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

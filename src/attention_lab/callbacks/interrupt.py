@@ -30,7 +30,8 @@ class CheckpointOnSignal(Checkpoint):
     consistent checkpoint and raises ``TrainingInterrupted`` (exit status 130 or 143 from
     ``train.py``). A second SIGINT aborts at once, for a run that hangs.
 
-    A signal never cuts an epoch's validation short: validation runs to its end, then the
+    A signal in an epoch's last batch or in its validation never cuts that validation short:
+    the last batch and validation run to their end, then the
     checkpoints and the epoch's records (loggers, ``history.jsonl``) are written, and the run
     stops before the next epoch; resumed, it goes on with that next epoch, so every epoch is
     recorded once and whole. Stopped in the middle of a training epoch, it resumes that epoch
@@ -67,7 +68,12 @@ class CheckpointOnSignal(Checkpoint):
         )
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self._received is not None:
+        # In an epoch's last batch, the epoch's validation and checkpoints come first (saved
+        # here, the resumed run would count the epoch as done and never validate it).
+        if (
+            self._received is not None
+            and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
             raise self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -14,8 +14,10 @@ batches of an unbroken one, in the same order (``tests/test_reliability.py``).
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -24,7 +26,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import Sampler
 
-_MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
+# Lightning's warning on a mid-epoch resume, which it gives unless the loader itself is stateful.
+MID_EPOCH_RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 class EpochPermutation(Sampler[int]):
@@ -179,11 +182,6 @@ class ResumableOrder(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
-            # Lightning warns of a mid-epoch resume unless the loader itself is stateful; here
-            # the data module's state makes the resume exact, so the warning would mislead.
-            warnings.filterwarnings(
-                "ignore", message=_MID_EPOCH_WARNING, category=PossibleUserWarning
-            )
 
     def training_order(self, sampler: EpochBatches) -> EpochBatches:
         """``sampler``, set to resume where the loaded checkpoint stopped (once)."""
@@ -191,3 +189,15 @@ class ResumableOrder(L.LightningDataModule):
             sampler.resume(*self._resume_at)
             self._resume_at = None
         return sampler
+
+
+@contextmanager
+def exact_resume(datamodule: L.LightningDataModule) -> Iterator[None]:
+    """Within it, a ``ResumableOrder``'s mid-epoch resume goes without Lightning's warning that
+    it may be unreliable: the data module's state makes it exact."""
+    with warnings.catch_warnings():
+        if isinstance(datamodule, ResumableOrder):
+            warnings.filterwarnings(
+                "ignore", message=re.escape(MID_EPOCH_RESUME_WARNING), category=PossibleUserWarning
+            )
+        yield

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from attention_lab.data.order import exact_resume
 from attention_lab.errors import AttentionLabError, ConfigError
 from attention_lab.run.attempts import attempt_config_file
 from attention_lab.run.checkpoints import (
@@ -194,7 +195,8 @@ def _fit_and_test(
 
     started = time.perf_counter()
     # weights_only=True: checkpoints hold tensors and plain values, and loading runs no code.
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with exact_resume(datamodule):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_time_s = time.perf_counter() - started
 
     metrics = _fit_record(cfg, trainer, n_params, fit_time_s, run_dir)
