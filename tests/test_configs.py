@@ -172,6 +172,8 @@ def test_optuna_search_composes_over_lr_depth_and_width(compose_config: ComposeF
     assert "OptunaSweeper" in sweeper._target_ and sweeper.direction == "maximize"
     assert set(sweeper.params) == {"task.optimizer.lr", "model.n_layers", "model.d_model"}
     assert cfg.optimized_metric == "val/acc"
+    # vit_mnist trains on all 60,000 images; a search needs validation images to choose on.
+    assert cfg.data.val_size == 5000 and cfg.callbacks.model_checkpoint.monitor == "val/acc"
 
 
 def test_slurm_launcher_composes(compose_config: ComposeFn) -> None:

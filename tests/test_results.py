@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from attention_lab.cli.report import main as report_main
 from attention_lab.errors import ConfigError
-from attention_lab.results.recipes import RECIPE_FILE, read_recipe
+from attention_lab.results.recipes import RECIPE_FILE, differences, read_recipe
 from attention_lab.results.table import (
     BEGIN,
     END,
@@ -24,7 +24,10 @@ from attention_lab.results.table import (
     update_readme,
     variants_table,
 )
+from attention_lab.run.training import train
 from tests.conftest import CONF_DIR, REPO_ROOT
+from tests.test_averaging import AVERAGED
+from tests.test_reliability import _config
 from tests.test_report import _fake_run
 
 
@@ -327,3 +330,25 @@ def test_a_setting_added_since_the_run_counts_as_its_group_default(tmp_path: Pat
     experiment.write_text(experiment.read_text().replace("model:\n", "model:\n  pooling: cls\n"))
     (problem,) = stale(load_records(results), conf)
     assert str(kept) in problem and "model.pooling: ran 'mean', now 'cls'" in problem
+
+
+def test_without_validation_the_monitor_is_not_part_of_the_recipe(tmp_path: Path) -> None:
+    ran = {"data": {"val_size": 0}, "callbacks": {"model_checkpoint": {"monitor": "val/acc"}}}
+    now = {"data": {"val_size": 0}, "callbacks": {"model_checkpoint": {"monitor": None}}}
+    assert differences(ran, now, now) == []
+    ran["data"]["val_size"] = now["data"]["val_size"] = 5000  # with validation it chooses
+    assert differences(ran, now, now) == [("callbacks.model_checkpoint.monitor", "val/acc", None)]
+
+
+def test_without_validation_both_monitors_test_the_same_weights(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    # What WITHOUT_VALIDATION stands on: no metric to monitor, the final weights (here the mean
+    # of the last two epochs) are tested; with no monitor, the newest checkpoint, which holds them.
+    tested = []
+    for monitor in ("val/acc", "null"):
+        overrides = (*AVERAGED, "data.val_size=0", f"callbacks.model_checkpoint.monitor={monitor}")
+        tested.append(train(_config(tmp_path / monitor.replace("/", "_"), tiny_mnist, *overrides)))
+    assert tested[0]["best_checkpoint"] is None
+    assert Path(tested[1]["best_checkpoint"]).name == "epoch002.ckpt"
+    assert tested[0]["test"] == tested[1]["test"]
