@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 _BLOCK = 32 * 1024
@@ -34,6 +35,8 @@ def _records(path: Path) -> list[bytes]:
         if kind == 0:  # zero padding up to the end of the block
             pos += _BLOCK - pos % _BLOCK if pos % _BLOCK else 0
             continue
+        if pos + length > len(data):  # the writer is still writing this record
+            break
         pieces += data[pos : pos + length]
         pos += length
         if kind in (_FULL, _LAST):
@@ -48,14 +51,19 @@ def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> dict[str, Any]:
     ``exit_code`` is what ``wandb.finish`` recorded, None when the run was never finished.
     W&B's writer is a separate process that may still be flushing when ``wandb.finish`` (or
     the training process) returns, so this waits up to ``wait_s`` for the exit record, which
-    is written last.
+    is written last, reading again while the file ends in a record half written.
     """
     deadline = time.monotonic() + wait_s
-    result = _parse(run_dir)
-    while result["exit_code"] is None and time.monotonic() < deadline:
+    while True:
+        try:
+            result = _parse(run_dir)
+        except DecodeError:  # a record read half written: read again, unless time is up
+            if time.monotonic() >= deadline:
+                raise
+            result = {"exit_code": None}
+        if result["exit_code"] is not None or time.monotonic() >= deadline:
+            return result
         time.sleep(0.2)
-        result = _parse(run_dir)
-    return result
 
 
 def _parse(run_dir: Path) -> dict[str, Any]:
