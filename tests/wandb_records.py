@@ -60,9 +60,9 @@ def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> dict[str, Any]:
         except DecodeError:  # a record read half written: read again, unless time is up
             if time.monotonic() >= deadline:
                 raise
-            result = {"exit_code": None}
-        if result["exit_code"] is not None or time.monotonic() >= deadline:
-            return result
+        else:
+            if result["exit_code"] is not None or time.monotonic() >= deadline:
+                return result
         time.sleep(0.2)
 
 
