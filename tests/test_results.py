@@ -148,6 +148,7 @@ def test_a_variant_is_set_beside_its_experiment_seed_by_seed(tmp_path: Path) -> 
     results = tmp_path / "results"
     filed = ["experiment=vit_mnist_course", "logger=csv"]
     flipped = [*filed, "model.row_strip_patches=false", "experiment_name=vit-row_strip_off"]
+    rerun = "vit_mnist_course-rerun"
     runs = [  # (attention, seed, acc, overrides, experiment_name)
         ("scratch", 0, 0.90, filed, "vit_mnist_course"),
         ("scratch", 1, 0.92, filed, "vit_mnist_course"),
@@ -155,6 +156,8 @@ def test_a_variant_is_set_beside_its_experiment_seed_by_seed(tmp_path: Path) -> 
         ("scratch", 0, 0.95, flipped, "vit-row_strip_off"),
         ("scratch", 1, 0.96, flipped, "vit-row_strip_off"),
         ("torch", 0, 0.93, flipped, "vit-row_strip_off"),  # no torch record as filed
+        # The filed recipe rerun under a name of its own: its own row, no variant's baseline.
+        ("scratch", 0, 0.50, [*filed, f"experiment_name={rerun}"], rerun),
     ]
     for i, (attention, seed, acc, overrides, name) in enumerate(runs):
         path = tmp_path / "runs" / str(i)
@@ -165,7 +168,10 @@ def test_a_variant_is_set_beside_its_experiment_seed_by_seed(tmp_path: Path) -> 
         keep(path, results)
     records = load_records(results)
     main_rows = results_table(records).splitlines()[2:]
-    assert [row.split(" | ")[:2] for row in main_rows] == [["| vit_mnist_course", "scratch"]]
+    assert [row.split(" | ")[:2] for row in main_rows] == [
+        ["| vit_mnist_course", "scratch"],
+        [f"| {rerun}", "scratch"],
+    ]
     variants = variants_table(records).splitlines()[2:]
     assert len(variants) == 2
     # Paired with seeds 0 and 1 only (seed 2 has no variant): +5 and +4 points.

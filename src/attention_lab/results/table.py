@@ -338,7 +338,9 @@ def variants_table(records: list[Record]) -> str:
     """The Markdown table of the variants: per experiment file, change and attention kind, the
     test metric (mean ± std, n) and its difference from the experiment as filed, seed by seed
     (mean ± std of the paired differences over the seeds both have on the same device; a GPU's
-    runs are their own rows, the device named beside the kind); empty without variants."""
+    runs are their own rows, the device named beside the kind); empty without variants. The
+    experiment as filed is its own row: a rerun of the filed recipe under another name (a row of
+    its own in ``results_table``, e.g. made after a code change) is not a variant's baseline."""
     groups: dict[tuple[str, tuple[str, ...], str, str], list[Record]] = defaultdict(list)
     for record in records:
         if record.change:
@@ -358,6 +360,7 @@ def variants_table(records: list[Record]) -> str:
             for r in records
             if not r.change
             and r.experiment_file == experiment
+            and r.run.experiment == experiment
             and r.run.attention == attention
             and r.machine == machine
             and metric in r.run.metrics["test"]
